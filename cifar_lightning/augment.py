@@ -1,0 +1,109 @@
+"""Keras ImageDataGenerator augmentation: random flip, shift and rotation with 'nearest' fill.
+
+Two implementations of one distribution:
+
+- ``BatchAugment``: the whole batch at once with one affine grid (tensor in, tensor out), on
+  whatever device the batch is on. No per-image Python work, so on a GPU it is never the limit.
+- ``KerasRandomAffine`` + ``RandomHorizontalFlip``: torchvision's per-image ops, kept as the
+  reference that a test compares the batched path against.
+
+Keras semantics copied here: rotation angle uniform in [-r, r] degrees; shifts uniform
+(continuous, not rounded to whole pixels) in [-f, f] of the width and height; bilinear
+interpolation (Keras' ``interpolation_order=1``); uncovered pixels take the value of the
+nearest edge pixel (``fill_mode='nearest'``); horizontal flip with probability 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]; float input is returned as it is."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
+class BatchAugment(nn.Module):
+    """Random flip, shift and rotation of a (B, C, H, W) batch as one ``grid_sample`` call.
+
+    Args:
+        rotation_degrees: Largest rotation either way, in degrees.
+        shift_fraction: Largest shift either way, as a fraction of width and height.
+        horizontal_flip: Flip half of the images left-right.
+    """
+
+    def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.1, horizontal_flip: bool = True):
+        super().__init__()
+        self.rotation_degrees = rotation_degrees
+        self.shift_fraction = shift_fraction
+        self.horizontal_flip = horizontal_flip
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = to_unit_float(images)  # (B, C, H, W) float in [0, 1]
+        b, _, h, w = x.shape
+        uniform = lambda: torch.rand(b, device=x.device, generator=generator) * 2 - 1  # noqa: E731
+        angle = uniform() * math.radians(self.rotation_degrees)
+        shift_x, shift_y = uniform() * self.shift_fraction * 2, uniform() * self.shift_fraction * 2
+        flip = torch.ones(b, device=x.device)
+        if self.horizontal_flip:
+            flip = torch.where(torch.rand(b, device=x.device, generator=generator) < 0.5, -1.0, 1.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # Output pixel p (normalised coordinates) samples the input at R(angle) @ diag(flip, 1) @ p + shift;
+        # the h/w factors keep the rotation a rotation in pixels when the image is not square.
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin * h / w, shift_x], dim=1),
+                torch.stack([sin * flip * w / h, cos, shift_y], dim=1),
+            ],
+            dim=1,
+        )  # (B, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        # padding_mode="border" clamps to the edge pixel: Keras' fill_mode="nearest".
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"rotation_degrees={self.rotation_degrees}, shift_fraction={self.shift_fraction}, "
+            f"horizontal_flip={self.horizontal_flip}"
+        )
+
+
+class KerasRandomAffine(nn.Module):
+    """Per-image Keras rotation and shift with torchvision's functional ops.
+
+    torchvision's ``RandomAffine`` rounds shifts to whole pixels and fills with a constant;
+    Keras does neither. Edge padding before the affine and a centre crop after it give the
+    'nearest' fill; the padding is wide enough that no sample ever falls outside it.
+    """
+
+    def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.1):
+        super().__init__()
+        self.rotation_degrees = rotation_degrees
+        self.shift_fraction = shift_fraction
+
+    def forward(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        angle = (torch.rand(()).item() * 2 - 1) * self.rotation_degrees
+        tx = (torch.rand(()).item() * 2 - 1) * self.shift_fraction * w
+        ty = (torch.rand(()).item() * 2 - 1) * self.shift_fraction * h
+        pad = math.ceil(max(h, w) * (1 + self.shift_fraction)) // 2 + 2
+        padded = TF.pad(image, [pad, pad, pad, pad], padding_mode="edge")
+        moved = TF.affine(
+            padded, angle=angle, translate=[tx, ty], scale=1.0, shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR,
+        )
+        return TF.center_crop(moved, [h, w])
+
+
+def per_image_transform(rotation_degrees: float, shift_fraction: float, horizontal_flip: bool) -> v2.Compose:
+    """The torchvision reference pipeline: uint8 (C, H, W) in, uint8 (C, H, W) out."""
+    steps: list[nn.Module] = [KerasRandomAffine(rotation_degrees, shift_fraction)]
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    return v2.Compose(steps)

@@ -1,0 +1,176 @@
+"""CIFAR-10 as a LightningDataModule: in-memory uint8 tensors, a seeded stratified hold-out,
+and Keras-style augmentation either batched on the training device or per image."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import CIFAR10
+
+from cifar_lightning.augment import BatchAugment, per_image_transform
+from cifar_lightning.sources import CIFAR10_CLASSES, DataSourceError, Split, load_split
+
+
+class InMemoryImages(Dataset):
+    """Images and labels held as tensors; ``__getitems__`` hands out whole batches by fancy indexing."""
+
+    def __init__(self, split: Split, transform=None):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        # One gather per batch instead of one __getitem__ and a collate per image.
+        index = torch.as_tensor(indices)
+        images = self.images[index]
+        if self.transform is not None:
+            images = torch.stack([self.transform(image) for image in images])
+        return images, self.labels[index]
+
+
+def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Collate for ``InMemoryImages``: the batch arrives already stacked."""
+    return batch
+
+
+def stratified_split(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded (train_indices, val_indices) with every class equally represented in validation (within one).
+
+    Images are shuffled, ranked within their class, and taken in order of rank, so the first
+    ``val_size`` cycle through the classes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[perm]
+    by_class = torch.argsort(shuffled, stable=True)
+    counts = torch.bincount(shuffled)
+    class_start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(perm)
+    rank[by_class] = torch.arange(len(labels)) - class_start[shuffled[by_class]]
+    order = perm[torch.argsort(rank * len(counts) + shuffled, stable=True)]
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+class CIFAR10DataModule(L.LightningDataModule):
+    """CIFAR-10 from torchvision's files or an image-folder copy, decoded once into memory.
+
+    Batches are uint8 images (B, 3, 32, 32) and int64 labels; scaling and normalisation
+    belong to the model, so a checkpoint predicts the same whatever feeds it.
+
+    Args:
+        data_dir: Folder holding ``cifar-10-batches-py/`` (torchvision) or ``train/<class>/`` and
+            ``test/<class>/`` image folders.
+        download: Fetch torchvision's files into ``data_dir`` when they are missing (needs internet).
+        batch_size: Training batch size (the original: 64).
+        eval_batch_size: Batch size for validation, test and predict (no gradients, so larger).
+        val_size: Training images held out, stratified by class, for early stopping and checkpoints.
+        seed: Seed of the hold-out split (independent of the training seed).
+        augmentation: ``batched`` (one affine grid per batch on the training device), ``per_image``
+            (torchvision ops in the loader workers, the reference) or ``none``.
+        rotation_degrees: Keras ``rotation_range``.
+        shift_fraction: Keras ``width_shift_range`` and ``height_shift_range``.
+        horizontal_flip: Keras ``horizontal_flip``.
+        num_workers: Loader worker processes; ``None`` picks 0 for in-memory batches and the CPU
+            count for the per-image path.
+        pin_memory: Page-locked host memory for faster copies to a GPU.
+        cache_dir: Where decoded tensors are cached (``None``: no cache).
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        download: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        seed: int = 0,
+        augmentation: Literal["batched", "per_image", "none"] = "batched",
+        rotation_degrees: float = 17.0,
+        shift_fraction: float = 0.1,
+        horizontal_flip: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        cache_dir: str | None = ".cache/cifar_lightning",
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        if val_size < 1:
+            raise ValueError(f"val_size must be at least 1 (images held out for validation), got {val_size}.")
+        if not 0 <= shift_fraction < 1 or rotation_degrees < 0:
+            raise ValueError(
+                f"shift_fraction must be in [0, 1) and rotation_degrees at least 0, "
+                f"got {shift_fraction} and {rotation_degrees}."
+            )
+        self.save_hyperparameters()
+        self.classes = CIFAR10_CLASSES
+        self.batch_augment = BatchAugment(rotation_degrees, shift_fraction, horizontal_flip)
+        self.train_set = self.val_set = self.test_set = None
+
+    def prepare_data(self) -> None:
+        """Only downloads: Lightning calls this on one process per node."""
+        if self.hparams.download:
+            for train in (True, False):
+                CIFAR10(self.hparams.data_dir, train=train, download=True)
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage in ("fit", "validate") and self.train_set is None:
+            full = load_split(hp.data_dir, train=True, cache_dir=hp.cache_dir)
+            if hp.val_size >= len(full.labels):
+                raise DataSourceError(
+                    f"val_size={hp.val_size} leaves no training images: the training split has "
+                    f"{len(full.labels)}. Choose a val_size below that (the original recipe uses 5000)."
+                )
+            train_idx, val_idx = stratified_split(full.labels, hp.val_size, hp.seed)
+            transform = None
+            if hp.augmentation == "per_image":
+                transform = per_image_transform(hp.rotation_degrees, hp.shift_fraction, hp.horizontal_flip)
+            self.train_set = InMemoryImages(Split(full.images[train_idx], full.labels[train_idx]), transform)
+            self.val_set = InMemoryImages(Split(full.images[val_idx], full.labels[val_idx]))
+        if stage in ("test", "predict") and self.test_set is None:
+            self.test_set = InMemoryImages(load_split(hp.data_dir, train=False, cache_dir=hp.cache_dir))
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Batched augmentation runs here, after the copy, so it runs on the GPU when training there."""
+        if self.trainer is not None and self.trainer.training and self.hparams.augmentation == "batched":
+            images, labels = batch
+            return self.batch_augment(images), labels
+        return batch
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        if workers is None:
+            workers = min(8, os.cpu_count() or 1) if shuffle and self.hparams.augmentation == "per_image" else 0
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=keep_batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)

@@ -1,0 +1,128 @@
+"""The LightningModule: the Keras network, its input scaling, loss, metrics and optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from cifar_lightning.network import KerasCIFAR10CNN
+from cifar_lightning.sources import CIFAR10_CLASSES
+
+# Per-channel mean and std of the CIFAR-10 training images in [0, 1].
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class CIFAR10Classifier(L.LightningModule):
+    """Trains ``KerasCIFAR10CNN`` with the original recipe (NAdam, cross-entropy).
+
+    Input scaling and normalisation live here and are saved with the hyperparameters, so a
+    checkpoint takes raw uint8 images (or floats in [0, 1]) and predicts the same everywhere.
+
+    Args:
+        class_names: Names of the output classes, in label order.
+        lr: NAdam learning rate (the original: 0.0025).
+        betas: NAdam betas (Keras: 0.9, 0.999).
+        eps: NAdam epsilon (Keras: 1e-7; PyTorch's default is 1e-8).
+        weight_decay: L2 penalty added by the optimizer (the original: none).
+        momentum_decay: NAdam momentum schedule constant (Keras and PyTorch: 0.004).
+        conv_dropout: Dropout after each of the three conv blocks.
+        dense_dropout: Dropout after the 64-unit dense layer.
+        label_smoothing: Cross-entropy label smoothing (the original: none).
+        mean: Per-channel mean subtracted from images in [0, 1].
+        std: Per-channel std dividing images in [0, 1].
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str] = CIFAR10_CLASSES,
+        lr: float = 0.0025,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-7,
+        weight_decay: float = 0.0,
+        momentum_decay: float = 0.004,
+        conv_dropout: tuple[float, float, float] = (0.2, 0.2, 0.3),
+        dense_dropout: float = 0.3,
+        label_smoothing: float = 0.0,
+        mean: tuple[float, float, float] = CIFAR10_MEAN,
+        std: tuple[float, float, float] = CIFAR10_STD,
+    ) -> None:
+        super().__init__()
+        check_settings(lr=lr, conv_dropout=conv_dropout, dense_dropout=dense_dropout,
+                       label_smoothing=label_smoothing, std=std, class_names=class_names)
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        num_classes = len(self.class_names)
+        self.net = KerasCIFAR10CNN(num_classes, conv_dropout, dense_dropout)
+        # Not persistent: they are rebuilt from the hyperparameters, so state_dict holds the network alone.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 [0, 255] or float [0, 1] images (B, 3, H, W) -> normalised float."""
+        x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+        return (x - self.mean) / self.std
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes)."""
+        return self.net(self.preprocess(images))
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, sync_dist=True,
+                 batch_size=len(labels))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
+        """Class probabilities (B, num_classes)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=-1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.NAdam(
+            self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+            weight_decay=hp.weight_decay, momentum_decay=hp.momentum_decay,
+        )
+
+
+def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, class_names) -> None:
+    """Reject values that would train nonsense, naming the setting and its valid range."""
+    problems = []
+    if not lr > 0:
+        problems.append(f"lr must be greater than 0, got {lr}")
+    for rate in (*conv_dropout, dense_dropout):
+        if not 0 <= rate < 1:
+            problems.append(f"dropout rates must be in [0, 1), got {rate}")
+    if not 0 <= label_smoothing < 1:
+        problems.append(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if any(s <= 0 for s in std):
+        problems.append(f"std values must be greater than 0, got {tuple(std)}")
+    if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+        problems.append(f"class_names must be at least two distinct names, got {list(class_names)}")
+    if problems:
+        raise ValueError("Invalid model settings: " + "; ".join(problems) + ".")

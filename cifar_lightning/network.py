@@ -1,0 +1,90 @@
+"""The original Keras CIFAR-10 CNN as a plain ``torch.nn.Module`` (no Lightning here).
+
+Keras defaults are reproduced on purpose, because they change how the network trains:
+Glorot-uniform kernels with zero biases, conv biases kept although BatchNorm follows,
+and BatchNorm with Keras' momentum 0.99 (PyTorch ``momentum=0.01``) and epsilon 1e-3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+# Keras BatchNormalization defaults: moving average momentum 0.99, epsilon 1e-3.
+# PyTorch's momentum is the weight of the *new* batch, so 1 - 0.99.
+KERAS_BN_MOMENTUM = 0.01
+KERAS_BN_EPS = 1e-3
+
+
+def conv_bn_elu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """3x3 'same' conv, then BatchNorm, then ELU: the order the original uses in every layer."""
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
+        nn.BatchNorm2d(out_channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM),
+        nn.ELU(),
+    ]
+
+
+def conv_block(in_channels: int, out_channels: int, dropout: float) -> nn.Sequential:
+    """Two conv layers, 2x2 max pooling with stride 2, dropout."""
+    return nn.Sequential(
+        *conv_bn_elu(in_channels, out_channels),
+        *conv_bn_elu(out_channels, out_channels),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Dropout(dropout),
+    )
+
+
+class KerasCIFAR10CNN(nn.Module):
+    """The 420,842-parameter CNN (419,818 trainable + 1,024 BatchNorm running statistics).
+
+    Args:
+        num_classes: Size of the output layer.
+        conv_dropout: Dropout after each of the three conv blocks.
+        dense_dropout: Dropout after the 64-unit dense layer.
+        widths: Filters of the three conv blocks.
+        hidden: Units of the dense layer before the classifier.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        conv_dropout: Sequence[float] = (0.2, 0.2, 0.3),
+        dense_dropout: float = 0.3,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        if len(conv_dropout) != len(widths):
+            raise ValueError(
+                f"conv_dropout has {len(conv_dropout)} rates but there are {len(widths)} conv blocks; "
+                "give one rate per block."
+            )
+        blocks, in_channels = [], 3
+        for width, rate in zip(widths, conv_dropout):
+            blocks.append(conv_block(in_channels, width, rate))
+            in_channels = width
+        self.features = nn.Sequential(*blocks)  # (B, 3, 32, 32) -> (B, 128, 4, 4)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),  # (B, 2048)
+            nn.Linear(in_channels * 4 * 4, hidden),
+            nn.BatchNorm1d(hidden, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM),
+            nn.ELU(),
+            nn.Dropout(dense_dropout),
+            nn.Linear(hidden, num_classes),  # logits; softmax lives in the loss / predict
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras initialisation: Glorot-uniform kernels, zero biases, BatchNorm gamma 1 and beta 0."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalised images (B, 3, 32, 32) -> logits (B, num_classes)."""
+        return self.classifier(self.features(x))
