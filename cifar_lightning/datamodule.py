@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10
 
 from cifar_lightning.augment import BatchAugment, per_image_transform
-from cifar_lightning.sources import CIFAR10_CLASSES, DataSourceError, Split, load_split
+from cifar_lightning.errors import DataSourceError
+from cifar_lightning.sources import CIFAR10_CLASSES, Split, load_split
 
 
 class InMemoryImages(Dataset):

@@ -18,16 +18,14 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.datasets import CIFAR10
 
+from cifar_lightning.errors import DataSourceError
+
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 IMAGE_SIZE = 32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 TORCHVISION_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
-
-
-class DataSourceError(ValueError):
-    """The data folder is missing, incomplete or holds files that are not usable images."""
 
 
 @dataclass(frozen=True)

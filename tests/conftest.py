@@ -1,0 +1,89 @@
+"""Synthetic CIFAR-10 look-alikes written to temporary folders, so no test needs the network.
+
+Each class gets its own colour plus noise, so a small model learns to tell them apart in a
+few epochs: tests that need a *trained* checkpoint can check real predictions.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.datasets import CIFAR10
+
+from cifar_lightning.sources import CIFAR10_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "cifar10"
+
+# Ten well separated colours, one per class.
+CLASS_COLOURS = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+     [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [0, 0, 128]],
+    dtype=np.float32,
+)
+
+
+def synthetic_images(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32, 3) uint8 images and (N,) labels, class by class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    noise = rng.normal(0, 25, size=(len(labels), 32, 32, 3))
+    images = np.clip(CLASS_COLOURS[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_image_folder(root: Path, n_train: int = 20, n_test: int = 5, seed: int = 0) -> Path:
+    """``root/train/<class>/*.png`` and ``root/test/<class>/*.png`` like ../shared/cifar10."""
+    for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = synthetic_images(n, seed + offset)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / split / CIFAR10_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return root
+
+
+def write_torchvision_folder(root: Path, n_train: int = 20, n_test: int = 5, seed: int = 0) -> Path:
+    """torchvision's ``cifar-10-batches-py`` pickles with synthetic content (5 train batches + test)."""
+    folder = root / CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    images, labels = synthetic_images(n_train, seed)
+    order = np.random.default_rng(seed).permutation(len(labels))  # the real pickles are not sorted by class
+    chunks = np.array_split(order, 5)
+    for i, chunk in enumerate(chunks, start=1):
+        batch = {"data": images[chunk].transpose(0, 3, 1, 2).reshape(len(chunk), -1), "labels": labels[chunk].tolist()}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    test_images, test_labels = synthetic_images(n_test, seed + 1)
+    test = {"data": test_images.transpose(0, 3, 1, 2).reshape(len(test_labels), -1), "labels": test_labels.tolist()}
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "cifar10")
+
+
+@pytest.fixture
+def torchvision_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The fake pickles cannot match torchvision's MD5 list; torchvision's own tests skip the check the same way.
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    return write_torchvision_folder(tmp_path / "tv")
+
+
+@pytest.fixture
+def real_data() -> Path:
+    if not (REAL_DATA / "train").is_dir():
+        pytest.skip(f"real CIFAR-10 image folders not found at {REAL_DATA} (see README: Data)")
+    return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def _small_threads() -> None:
+    torch.set_num_threads(2)
