@@ -4,14 +4,31 @@
   mixed precision on a GPU, full precision on a CPU, so one YAML serves both.
 - ``fit`` ends by testing the best checkpoint, like Keras' ``restore_best_weights`` followed by
   ``model.evaluate`` on the test set.
+
+and the reliability pieces of docs/reliability.md: a mistake in what the user gave (data, settings,
+checkpoint, folders) is one message on stderr and exit status 2, never a traceback; the checkpoint
+folder is checked before any work; an interrupted ``fit`` says how to resume; checkpoints are
+written atomically and carry the random generators' states.
 """
 
 from __future__ import annotations
 
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from cifar_lightning.callbacks import RNGStateCheckpoint
+from cifar_lightning.checkpoint_io import AtomicCheckpointIO
+from cifar_lightning.ckpt_checks import check_checkpoint_file, check_writable
 from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
 
 
@@ -24,12 +41,73 @@ def auto_precision(accelerator: object) -> str:
 
 
 class CIFAR10CLI(LightningCLI):
+    def __init__(self, *cli_args: Any, args: Any = None, **kwargs: Any) -> None:
+        self.argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+        super().__init__(*cli_args, args=args, **kwargs)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.precision is None:
             config.trainer.precision = auto_precision(config.trainer.accelerator)
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """Add ``AtomicCheckpointIO`` unless the config names its own checkpoint plugin."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """Check the places fit writes to and the checkpoint it resumes from before any work is done."""
+        trainer = self.trainer
+        folders = [("checkpoints", cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
+        folders += [("logs", lg.save_dir) for lg in trainer.loggers if getattr(lg, "save_dir", None)]
+        check_writable(folders)
+        check_checkpoint_file(self.config.fit.ckpt_path)
+
+    def before_validate(self) -> None:
+        check_checkpoint_file(self.config.validate.ckpt_path)
+
+    def before_test(self) -> None:
+        check_checkpoint_file(self.config.test.ckpt_path)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
+        # batch, Ctrl-C calls sys.exit(1); both after ModelCheckpoint(save_on_exception=True) has saved.
+        try:
+            super()._run_subcommand(subcommand)
+        except (SystemExit, KeyboardInterrupt) as stop:
+            if subcommand != "fit" or not self.trainer.interrupted:
+                raise
+            signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
+            if self.trainer.is_global_zero:
+                print(self.resume_notice(signum), file=sys.stderr)
+            raise SystemExit(128 + signum) from None
+
+    def resume_notice(self, signum: signal.Signals) -> str:
+        """What was interrupted, what was saved, and the command that resumes."""
+        trainer = self.trainer
+        what = f"Training stopped by {signum.name} at epoch {trainer.current_epoch}, step {trainer.global_step}."
+        candidates = [path for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)
+                      for path in Path(cb.dirpath).glob("last*.ckpt")]  # what --ckpt_path last picks from
+        if not candidates:
+            return f"{what} No checkpoint was saved yet, so running the command again starts from scratch."
+        last = max(candidates, key=lambda path: path.stat().st_mtime)
+        saved_now = any(getattr(cb, "save_on_exception", False) for cb in trainer.checkpoint_callbacks)
+        saved = "Saved" if saved_now else "The latest checkpoint is"
+        command = "the same command with --ckpt_path last"
+        if self.argv is not None:
+            args, skip = [], False
+            for arg in self.argv:  # drop an earlier --ckpt_path, then ask for the last checkpoint
+                if skip or arg.startswith("--ckpt_path"):
+                    skip = arg == "--ckpt_path"
+                    continue
+                args.append(arg)
+            command = "python -m cifar_lightning " + shlex.join([*args, "--ckpt_path", "last"])
+        return f"{what} {saved} {last}. Resume with:\n  {command}"
 
     def after_fit(self) -> None:
         """Test the best checkpoint in the same command, as the original evaluates its restored weights."""
@@ -44,9 +122,15 @@ class CIFAR10CLI(LightningCLI):
 
 
 def cli_main(args: list[str] | None = None) -> CIFAR10CLI:
-    return CIFAR10CLI(
-        CIFAR10Classifier,
-        CIFAR10DataModule,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """Run the CLI; a ``UserInputError`` (bad data, settings, checkpoint or folder) exits with status 2."""
+    try:
+        return CIFAR10CLI(
+            CIFAR10Classifier,
+            CIFAR10DataModule,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
+            args=args,
+        )
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

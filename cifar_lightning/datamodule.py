@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10
 
 from cifar_lightning.augment import BatchAugment, per_image_transform
-from cifar_lightning.errors import DataSourceError
+from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.sources import CIFAR10_CLASSES, Split, load_split
 
 
@@ -106,11 +106,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}.")
+                raise ConfigError(f"{name} must be at least 1, got {value}.")
         if val_size < 1:
-            raise ValueError(f"val_size must be at least 1 (images held out for validation), got {val_size}.")
+            raise ConfigError(f"val_size must be at least 1 (images held out for validation), got {val_size}.")
         if not 0 <= shift_fraction < 1 or rotation_degrees < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"shift_fraction must be in [0, 1) and rotation_degrees at least 0, "
                 f"got {shift_fraction} and {rotation_degrees}."
             )

@@ -14,3 +14,7 @@ class DataSourceError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A checkpoint path is missing, not a checkpoint, or from another model."""
+
+
+class ConfigError(UserInputError):
+    """A setting is out of its valid range (a learning rate of zero, a dropout of 1, ...)."""

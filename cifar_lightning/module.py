@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lightning.ckpt_checks import check_compatible
+from cifar_lightning.errors import ConfigError
 from cifar_lightning.network import KerasCIFAR10CNN
 from cifar_lightning.sources import CIFAR10_CLASSES
 
@@ -102,6 +104,10 @@ class CIFAR10Classifier(L.LightningModule):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).softmax(dim=-1)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, with a clear message, a checkpoint whose layers do not fit this model (``--ckpt_path``)."""
+        check_compatible(checkpoint, self)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return torch.optim.NAdam(
@@ -125,4 +131,4 @@ def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, cla
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         problems.append(f"class_names must be at least two distinct names, got {list(class_names)}")
     if problems:
-        raise ValueError("Invalid model settings: " + "; ".join(problems) + ".")
+        raise ConfigError("Invalid model settings: " + "; ".join(problems) + ".")
