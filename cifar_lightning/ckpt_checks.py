@@ -88,6 +88,19 @@ def check_compatible(checkpoint: Mapping, model: nn.Module) -> None:
         )
 
 
+def check_class_count(model_classes: int, data_classes: int, ckpt_path: str | None) -> None:
+    """The model's output size must match the data's labels (an explicit ``--ckpt_path`` sets the model's)."""
+    if model_classes == data_classes:
+        return
+    source = "model.class_names"
+    if ckpt_path is not None and str(ckpt_path) not in SPECIAL_CKPT_PATHS:
+        source = f"taken from the checkpoint {ckpt_path}"
+    raise CheckpointError(
+        f"The model has {model_classes} classes ({source}) but the data has {data_classes}. "
+        "Use a checkpoint trained on the same classes, or leave out --ckpt_path to start from scratch."
+    )
+
+
 def _first(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
@@ -96,6 +109,11 @@ def check_writable(folders: Iterable[tuple[str, str | os.PathLike]]) -> None:
     """Create each ``(what, folder)`` and write a probe file in it, so training never starts without a place to save."""
     for what, folder in folders:
         folder = Path(folder).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise CheckpointError(
+                f"Cannot write {what} to {folder.resolve()}: it is a file, not a folder. Move the file away, "
+                "or point the config at another folder (ModelCheckpoint dirpath, logger save_dir)."
+            )
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):

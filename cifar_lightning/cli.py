@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cifar_lightning.callbacks import RNGStateCheckpoint
 from cifar_lightning.checkpoint_io import AtomicCheckpointIO
-from cifar_lightning.ckpt_checks import check_checkpoint_file, check_writable
+from cifar_lightning.ckpt_checks import check_checkpoint_file, check_class_count, check_writable
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
@@ -60,19 +60,27 @@ class CIFAR10CLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the checkpoint's hyperparameters into the model config, which
+        # would fail with an unpickling traceback on a file that is not a checkpoint.
+        subcommand = self.config.get("subcommand")
+        if subcommand in ("fit", "validate", "test"):
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+
     def before_fit(self) -> None:
-        """Check the places fit writes to and the checkpoint it resumes from before any work is done."""
+        """Check the places fit writes to, and that model and data agree, before any work is done."""
         trainer = self.trainer
         folders = [("checkpoints", cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
         folders += [("logs", lg.save_dir) for lg in trainer.loggers if getattr(lg, "save_dir", None)]
         check_writable(folders)
-        check_checkpoint_file(self.config.fit.ckpt_path)
+        self.before_validate()
 
     def before_validate(self) -> None:
-        check_checkpoint_file(self.config.validate.ckpt_path)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        check_class_count(len(self.model.class_names), len(self.datamodule.classes), ckpt_path)
 
-    def before_test(self) -> None:
-        check_checkpoint_file(self.config.test.ckpt_path)
+    before_test = before_validate
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
