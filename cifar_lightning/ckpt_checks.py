@@ -49,9 +49,11 @@ def check_checkpoint_file(ckpt_path: str | os.PathLike | None) -> None:
             f"{path} is not a PyTorch Lightning checkpoint (it could not be read: {type(error).__name__}). "
             "Pass a .ckpt file written by `fit`."
         ) from None
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+    required = ("state_dict", "pytorch-lightning_version")
+    lacking = [key for key in required if not isinstance(checkpoint, Mapping) or key not in checkpoint]
+    if lacking:
         raise CheckpointError(
-            f"{path} is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict'). "
+            f"{path} is a PyTorch file but not a Lightning checkpoint (it has no {' or '.join(map(repr, lacking))}). "
             "Pass a .ckpt file written by `fit`."
         )
 

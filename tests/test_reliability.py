@@ -235,6 +235,7 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("extra_class", "missing none, unexpected ['zebra']"),
         ("misnamed_class", "missing ['cat'], unexpected ['cats']"),
         ("junk_files", "2 of 21 files are not readable 32x32 images:"),
+        ("empty_class", "The class folder {data}/train/cat holds no files."),
         ("val_too_large", "val_size=20 leaves no training images: the training split has 20."),
     ],
 )
@@ -253,6 +254,9 @@ def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, 
         (data / "train" / "zebra").mkdir()
     elif breakage == "misnamed_class":
         (data / "train" / "cat").rename(data / "train" / "cats")
+    elif breakage == "empty_class":
+        for file in (data / "train" / "cat").iterdir():
+            file.unlink()
     elif breakage == "junk_files":
         (data / "train" / "cat" / "notes.txt").write_text("not an image")
         png = (data / "train" / "dog" / "00010.png").read_bytes()
@@ -318,7 +322,9 @@ def foreign_checkpoint(path: Path, model: torch.nn.Module, **hyper_parameters) -
         ("fit", lambda d: (d / "notes.ckpt").write_text("hello") and d / "notes.ckpt",
          "{path} is not a PyTorch Lightning checkpoint"),
         ("validate", lambda d: torch.save({"w": torch.zeros(2)}, d / "t.pt") or d / "t.pt",
-         "{path} is a PyTorch file but not a Lightning checkpoint"),
+         "{path} is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict' or"),
+        ("test", lambda d: torch.save({"state_dict": {}}, d / "sd.pt") or d / "sd.pt",
+         "{path} is a PyTorch file but not a Lightning checkpoint (it has no 'pytorch-lightning_version')"),
         ("fit", lambda d: foreign_checkpoint(d / "three.ckpt", CIFAR10Classifier(class_names=["a", "b", "c"]),
                                              class_names=["a", "b", "c"]),
          "The model has 3 classes (taken from the checkpoint {path}) but the data has 10."),
