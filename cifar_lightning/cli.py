@@ -15,10 +15,13 @@ from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.module import CIFAR10Classifier
 
 
+def uses_cuda(accelerator: object) -> bool:
+    return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def auto_precision(accelerator: object) -> str:
     """Mixed precision where a CUDA GPU will be used, full precision otherwise."""
-    wants_gpu = str(accelerator) in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
+    if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
@@ -26,9 +29,13 @@ def auto_precision(accelerator: object) -> str:
 class CIFAR10CLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.precision is None:
-            config.trainer.precision = auto_precision(config.trainer.accelerator)
-        if torch.cuda.is_available():
+        trainer = config.trainer
+        if trainer.precision is None:
+            trainer.precision = auto_precision(trainer.accelerator)
+        if uses_cuda(trainer.accelerator):
+            # Fixed input shapes: let cuDNN pick the fastest kernels, unless bitwise determinism was asked for.
+            if trainer.benchmark is None and not trainer.deterministic:
+                trainer.benchmark = True
             torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left
 
     def after_fit(self) -> None:

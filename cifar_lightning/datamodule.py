@@ -92,7 +92,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         data_dir: str = "data",
         download: bool = False,
         batch_size: int = 64,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 256,
         val_size: int = 5000,
         seed: int = 0,
         augmentation: Literal["batched", "per_image", "none"] = "batched",
