@@ -50,10 +50,12 @@ class CIFAR10CLI(LightningCLI):
             print(f"Test accuracy of the {where}: {results[0]['test/acc']:.4f}")
 
 
-def cli_main(args: list[str] | None = None) -> CIFAR10CLI:
+def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI:
+    """The CLI; ``run=False`` only builds trainer, model and data module from the config (for scripts)."""
     return CIFAR10CLI(
         CIFAR10Classifier,
         CIFAR10DataModule,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
