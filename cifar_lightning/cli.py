@@ -72,7 +72,7 @@ class CIFAR10CLI(LightningCLI):
 def cli_main(args: list[str] | None = None) -> CIFAR10CLI | dict:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["report"]:
-        return auto_cli(make_report, args=argv[1:])
+        return auto_cli(make_report, args=argv[1:], as_positional=False)
     return CIFAR10CLI(
         CIFAR10Classifier,
         CIFAR10DataModule,

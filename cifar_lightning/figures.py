@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 from torchmetrics.utilities.plot import plot_confusion_matrix
 
@@ -89,6 +90,7 @@ def curves_figure(scalars: dict[str, tuple[list[int], list[float]]], best_epoch:
             ax.axvline(best_epoch, color="tab:gray", linestyle="--", label=f"best val/acc, restored (epoch {best_epoch})")
         if checkpoint_epoch is not None and checkpoint_epoch != best_epoch:
             ax.axvline(checkpoint_epoch, color="tab:purple", linestyle=":", label=f"this checkpoint (epoch {checkpoint_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=metric, title={"loss": "Loss (cross-entropy)", "acc": "Accuracy"}[metric])
         ax.grid(alpha=0.3)
         ax.legend()
@@ -116,5 +118,5 @@ def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str], over
     ax.invert_yaxis()
     ax.set(xlim=(0, 1.12), xlabel="accuracy (share of the class's test images predicted correctly)",
            title="Per-class accuracy on the test split")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     return fig
