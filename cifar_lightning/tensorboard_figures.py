@@ -1,7 +1,7 @@
 """A callback that puts pictures in TensorBoard: validation predictions each epoch, the test confusion matrix.
 
 Kept cheap: one grid of ``num_images`` validation images per epoch (one extra forward pass of
-that many images); at test, one extra forward pass per batch feeds a torchmetrics confusion matrix
+that many images, about a second of matplotlib); at test, one extra forward pass per batch feeds a torchmetrics confusion matrix
 (``test_step`` returns no logits to reuse).
 """
 
@@ -29,7 +29,7 @@ class TensorBoardFigures(L.Callback):
     """Logs ``val/predictions`` (a grid with predicted and true classes) and ``test/confusion_matrix``.
 
     Args:
-        num_images: Validation images in the grid (the first ones of the first batch, the same every epoch).
+        num_images: Validation images in the grid (spread over the whole set, the same every epoch).
         columns: Images per row of the grid.
     """
 
@@ -37,20 +37,32 @@ class TensorBoardFigures(L.Callback):
         super().__init__()
         self.num_images, self.columns = num_images, columns
         self.images = self.labels = None
+        self.picked: list[tuple] = []
         self.confmat: MulticlassConfusionMatrix | None = None
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking and self.images is None:
-            self.images, self.labels = (t[: self.num_images].detach() for t in batch[:2])
+        if self.images is not None or trainer.sanity_checking or dataloader_idx != 0:
+            return
+        # Evenly spaced picks from every batch: a validation set sorted by class still shows every class.
+        per_batch = -(-self.num_images // max(1, int(trainer.num_val_batches[0])))
+        images, labels = batch[:2]
+        pick = torch.linspace(0, len(labels) - 1, min(per_batch, len(labels))).long().to(labels.device)
+        self.picked.append((images[pick].detach().cpu(), labels[pick].detach().cpu()))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.images is None and self.picked:  # the same images every epoch, chosen in the first
+            self.images = torch.cat([images for images, _ in self.picked])[: self.num_images]
+            self.labels = torch.cat([labels for _, labels in self.picked])[: self.num_images]
+            self.picked = []
         writer = tensorboard(trainer)
-        if writer is None or self.images is None or trainer.sanity_checking:
+        if writer is None or self.images is None:
             return
         with torch.no_grad():
             probabilities = pl_module(self.images.to(pl_module.device)).float().softmax(dim=-1)
-        fig = predictions_figure(self.images.cpu(), probabilities.cpu(), self.labels.cpu(), pl_module.class_names,
+        fig = predictions_figure(self.images, probabilities.cpu(), self.labels, pl_module.class_names,
                                  self.columns, title=f"Validation, epoch {trainer.current_epoch}")
         writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
 
