@@ -80,16 +80,16 @@ def curves_figure(scalars: dict[str, tuple[list[int], list[float]]], best_epoch:
     """
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "acc")):
-        for stage, style in (("train", "-"), ("val", "-")):
-            tag = f"{stage}/{metric}"
-            if tag in scalars:
-                epochs, values = scalars[tag]
-                ax.plot(epochs, values, style, marker="." if len(epochs) < 30 else None,
-                        label={"train": "train", "val": "validation"}[stage])
+        for stage, label in (("train", "train"), ("val", "validation")):
+            if f"{stage}/{metric}" in scalars:
+                epochs, values = scalars[f"{stage}/{metric}"]
+                ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=label)
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="tab:gray", linestyle="--", label=f"best val/acc, restored (epoch {best_epoch})")
+            ax.axvline(best_epoch, color="tab:gray", linestyle="--",
+                       label=f"best val/acc, restored (epoch {best_epoch})")
         if checkpoint_epoch is not None and checkpoint_epoch != best_epoch:
-            ax.axvline(checkpoint_epoch, color="tab:purple", linestyle=":", label=f"this checkpoint (epoch {checkpoint_epoch})")
+            ax.axvline(checkpoint_epoch, color="tab:purple", linestyle=":",
+                       label=f"this checkpoint (epoch {checkpoint_epoch})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="epoch", ylabel=metric, title={"loss": "Loss (cross-entropy)", "acc": "Accuracy"}[metric])
         ax.grid(alpha=0.3)

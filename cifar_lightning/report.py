@@ -112,7 +112,10 @@ def make_report(
     if log_dir is not None:
         run_dir = find_run_dir(log_dir)
         curves = read_curves(run_dir)
-        fig = curves_figure(curves, best_epoch(curves), checkpoint.get("epoch"))
+        # Mark the checkpoint's epoch only where it was saved during the run (not after it, as on_fit_end saves do).
+        trained_epochs = {epoch for epochs, _ in curves.values() for epoch in epochs}
+        checkpoint_epoch = checkpoint.get("epoch") if checkpoint.get("epoch") in trained_epochs else None
+        fig = curves_figure(curves, best_epoch(curves), checkpoint_epoch)
         fig.suptitle(f"Training curves of {run_dir}", fontsize=9)
         written["curves"] = save(fig, out_dir / "training_curves.png")
 
@@ -135,7 +138,8 @@ def make_report(
     overall = MulticlassAccuracy(len(names), average="micro")(probabilities, test.labels).item()
     written["confusion"] = save(confusion_matrix_figure(confmat, names, "Confusion matrix, test split"),
                                 out_dir / "confusion_matrix.png")
-    written["per_class"] = save(per_class_accuracy_figure(per_class, names, overall), out_dir / "per_class_accuracy.png")
+    written["per_class"] = save(per_class_accuracy_figure(per_class, names, overall),
+                                out_dir / "per_class_accuracy.png")
     table = out_dir / "per_class_accuracy.md"
     table.write_text(accuracy_table(per_class, confmat.sum(dim=1), names, overall))
     written["table"] = table

@@ -1,8 +1,8 @@
 """A callback that puts pictures in TensorBoard: validation predictions each epoch, the test confusion matrix.
 
 Kept cheap: one grid of ``num_images`` validation images per epoch (one extra forward pass of
-that many images, about a second of matplotlib); at test, one extra forward pass per batch feeds a torchmetrics confusion matrix
-(``test_step`` returns no logits to reuse).
+that many images, about a second of matplotlib); at test, one extra forward pass per batch feeds
+a torchmetrics confusion matrix (``test_step`` returns no logits to reuse).
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def test_cli_predicts_a_folder_of_odd_images(trained, tmp_path, monkeypatch, cap
     with pytest.warns(UserWarning, match="corrupt.png"):
         run_cli(monkeypatch, "predict", "--ckpt_path", trained.ckpt, "--data.predict_dir", str(folder),
                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
-    rows = {Path(row["image"]).relative_to(folder).as_posix(): row for row in read_csv(tmp_path / "predictions" / "predictions.csv")}
+    csv_rows = read_csv(tmp_path / "predictions" / "predictions.csv")
+    rows = {Path(row["image"]).relative_to(folder).as_posix(): row for row in csv_rows}
     assert set(rows) == set(expected)
     for name, cls in expected.items():
         if cls:
