@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from cifar_lightning.image_files import image_to_tensor, read_image
+from cifar_lightning.errors import DataSourceError
+from cifar_lightning.image_files import DECODE_ERRORS, image_to_tensor, read_image
 from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.sources import IMAGE_SIZE
 
@@ -51,7 +52,12 @@ def to_batch(images: Tensor | Sequence[ImageInput]) -> Tensor:
         return batch
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    tensors = [image_to_tensor(image) if isinstance(image, Image.Image) else read_image(image) for image in images]
+    tensors = []
+    for image in images:
+        try:
+            tensors.append(image_to_tensor(image) if isinstance(image, Image.Image) else read_image(image))
+        except DECODE_ERRORS as error:
+            raise DataSourceError(f"{image} is not a readable image ({type(error).__name__}: {error}).") from None
     if not tensors:
         raise ValueError("No images given.")
     return torch.stack(tensors)

@@ -41,7 +41,7 @@ def test_model_learned_the_synthetic_classes(trained):
     assert trained.test_acc >= 0.95
 
 
-def test_predict_images_takes_paths_pil_and_tensors(trained):
+def test_predict_images_takes_paths_pil_and_tensors(trained, tmp_path):
     model = load_classifier(trained.ckpt)
     files = sorted((trained.data_dir / "test").rglob("*.png"))
     truth = [path.parent.name for path in files]
@@ -49,7 +49,7 @@ def test_predict_images_takes_paths_pil_and_tensors(trained):
     assert sum(p.class_name == t for p, t in zip(from_paths, truth)) >= 0.9 * len(files)
 
     pil = [Image.open(path) for path in files[:8]]
-    uint8 = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for image in pil])
+    uint8 = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in pil])
     for other in (predict_images(model, pil), predict_images(model, uint8), predict_images(model, uint8 / 255.0)):
         assert [p.class_name for p in other] == [p.class_name for p in from_paths[:8]]
         assert [p.probability for p in other] == pytest.approx([p.probability for p in from_paths[:8]], abs=1e-4)
@@ -59,6 +59,9 @@ def test_predict_images_takes_paths_pil_and_tensors(trained):
     assert sum(first.probabilities.values()) == pytest.approx(1, abs=1e-4)
     assert [name for name, _ in first.top(3)][0] == first.class_name and len(first.top(3)) == 3
     assert not model.training
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataSourceError, match="broken.png is not a readable image"):
+        predict_images(model, [files[0], tmp_path / "broken.png"])
 
 
 def test_cli_predicts_the_test_split_to_csv(trained, tmp_path, monkeypatch, capsys):
