@@ -1,4 +1,4 @@
-from cifar_lightning.cli import cli_main
+from cifar_lightning.cli import main
 
 if __name__ == "__main__":
-    cli_main()
+    main()

@@ -1,14 +1,16 @@
-"""``python -m cifar_lightning {fit,validate,test,predict}``: LightningCLI with two additions.
+"""``python -m cifar_lightning {fit,validate,test,predict,report}``: LightningCLI with a few additions.
 
 - Precision is picked from the hardware when the config leaves it unset: bf16 (or fp16)
   mixed precision on a GPU, full precision on a CPU, so one YAML serves both.
 - ``fit`` ends by testing the best checkpoint, like Keras' ``restore_best_weights`` followed by
   ``model.evaluate`` on the test set.
-
-and the reliability pieces of docs/reliability.md: a mistake in what the user gave (data, settings,
-checkpoint, folders) is one message on stderr and exit status 2, never a traceback; the checkpoint
-folder is checked before any work; an interrupted ``fit`` says how to resume; checkpoints are
-written atomically and carry the random generators' states.
+- ``--ckpt_path`` is checked first, so a missing or foreign file is a clear ``CheckpointError``.
+- ``predict`` writes a CSV (``CSVPredictionWriter``) even when the config names no writer.
+- ``report`` (pictures of a checkpoint, see ``report.py``) is its own small typed command.
+- Reliability (docs/reliability.md): the checkpoint and log folders are checked before any work;
+  an interrupted ``fit`` saves ``last.ckpt`` and says how to resume; checkpoints are written
+  atomically and carry the random generators' states; ``main`` turns a ``UserInputError`` into
+  one message on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,36 +22,65 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import auto_cli
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cifar_lightning.callbacks import RNGStateCheckpoint
 from cifar_lightning.checkpoint_io import AtomicCheckpointIO
-from cifar_lightning.ckpt_checks import check_checkpoint_file, check_class_count, check_writable
+from cifar_lightning.checkpoints import check_checkpoint
+from cifar_lightning.ckpt_checks import check_class_count, check_writable
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
+from cifar_lightning.prediction_writer import CSVPredictionWriter
+from cifar_lightning.report import make_report
+
+# ckpt_path values Lightning resolves itself rather than reading a file.
+SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
+
+
+def uses_cuda(accelerator: object) -> bool:
+    return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def auto_precision(accelerator: object) -> str:
     """Mixed precision where a CUDA GPU will be used, full precision otherwise."""
-    wants_gpu = str(accelerator) in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
+    if uses_cuda(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
 
 
 class CIFAR10CLI(LightningCLI):
     def __init__(self, *cli_args: Any, args: Any = None, **kwargs: Any) -> None:
-        self.argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+        # The command as typed, to print the resume command after an interruption.
+        self.argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else None
         super().__init__(*cli_args, args=args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        """Check ``--ckpt_path`` before Lightning reads hyperparameters from it (a traceback on a wrong file)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path).split(":")[0] not in SPECIAL_CKPT_PATHS:
+            check_checkpoint(ckpt_path)
+
+    def before_predict(self) -> None:
+        """Predictions go to a CSV even when the config adds no prediction writer."""
+        if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(CSVPredictionWriter())
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.precision is None:
-            config.trainer.precision = auto_precision(config.trainer.accelerator)
-        if torch.cuda.is_available():
+        trainer = config.trainer
+        if trainer.precision is None:
+            trainer.precision = auto_precision(trainer.accelerator)
+        if uses_cuda(trainer.accelerator):
+            # Fixed input shapes: let cuDNN pick the fastest kernels, unless bitwise determinism was asked for.
+            if trainer.benchmark is None and not trainer.deterministic:
+                trainer.benchmark = True
             torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -59,14 +90,6 @@ class CIFAR10CLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
-
-    def parse_arguments(self, parser: Any, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        # Before LightningCLI reads the checkpoint's hyperparameters into the model config, which
-        # would fail with an unpickling traceback on a file that is not a checkpoint.
-        subcommand = self.config.get("subcommand")
-        if subcommand in ("fit", "validate", "test"):
-            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
 
     def before_fit(self) -> None:
         """Check the places fit writes to, and that model and data agree, before any work is done."""
@@ -78,7 +101,9 @@ class CIFAR10CLI(LightningCLI):
 
     def before_validate(self) -> None:
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        check_class_count(len(self.model.class_names), len(self.datamodule.classes), ckpt_path)
+        explicit = ckpt_path and str(ckpt_path).split(":")[0] not in SPECIAL_CKPT_PATHS
+        source = f"taken from the checkpoint {ckpt_path}" if explicit else "model.class_names"
+        check_class_count(len(self.model.class_names), len(self.datamodule.classes), source)
 
     before_test = before_validate
 
@@ -129,16 +154,29 @@ class CIFAR10CLI(LightningCLI):
             print(f"Test accuracy of the {where}: {results[0]['test/acc']:.4f}")
 
 
-def cli_main(args: list[str] | None = None) -> CIFAR10CLI:
-    """Run the CLI; a ``UserInputError`` (bad data, settings, checkpoint or folder) exits with status 2."""
+def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | dict:
+    """The CLI; ``run=False`` only builds trainer, model and data module from the config (for scripts).
+
+    Errors in what the user gave propagate as ``UserInputError``; ``main`` turns them into a message.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["report"]:
+        return auto_cli(make_report, args=argv[1:], as_positional=False)
+    return CIFAR10CLI(
+        CIFAR10Classifier,
+        CIFAR10DataModule,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RNGStateCheckpoint()]},  # always added, whatever the config
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """``python -m cifar_lightning``: a ``UserInputError`` (bad data, settings, checkpoint or folder)
+    is one line on stderr and exit status 2, like a command-line error, instead of a traceback."""
     try:
-        return CIFAR10CLI(
-            CIFAR10Classifier,
-            CIFAR10DataModule,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
-            args=args,
-        )
+        cli_main(args)
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

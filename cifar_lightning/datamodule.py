@@ -8,12 +8,14 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10
 
 from cifar_lightning.augment import BatchAugment, per_image_transform
 from cifar_lightning.errors import ConfigError, DataSourceError
+from cifar_lightning.image_files import read_predict_folder
 from cifar_lightning.sources import CIFAR10_CLASSES, Split, load_split
 
 
@@ -37,6 +39,23 @@ class InMemoryImages(Dataset):
         if self.transform is not None:
             images = torch.stack([self.transform(image) for image in images])
         return images, self.labels[index]
+
+
+class NamedImages(InMemoryImages):
+    """Images with a name each (file path, or index in the test split), so predictions can be written per row.
+
+    Batches are ``(images, labels, names)``; a label of -1 means the true class is unknown.
+    """
+
+    def __init__(self, split: Split, names: list[str]):
+        super().__init__(split)
+        self.names = names
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        return *super().__getitem__(index), self.names[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, list[str]]:
+        return *super().__getitems__(indices), [self.names[i] for i in indices]
 
 
 def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -85,6 +104,8 @@ class CIFAR10DataModule(L.LightningDataModule):
             count for the per-image path.
         pin_memory: Page-locked host memory for faster copies to a GPU.
         cache_dir: Where decoded tensors are cached (``None``: no cache).
+        predict_dir: Folder of images (nested or flat, any format Pillow reads, any size) for
+            ``predict``; ``None`` predicts the test split. Files that are not images are skipped and named.
     """
 
     def __init__(
@@ -92,7 +113,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         data_dir: str = "data",
         download: bool = False,
         batch_size: int = 64,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 256,
         val_size: int = 5000,
         seed: int = 0,
         augmentation: Literal["batched", "per_image", "none"] = "batched",
@@ -102,6 +123,7 @@ class CIFAR10DataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool = True,
         cache_dir: str | None = ".cache/cifar_lightning",
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -117,7 +139,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.classes = CIFAR10_CLASSES
         self.batch_augment = BatchAugment(rotation_degrees, shift_fraction, horizontal_flip)
-        self.train_set = self.val_set = self.test_set = None
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
+        self.skipped_files: list[str] = []  # predict_dir files that were not readable images
 
     def prepare_data(self) -> None:
         """Only downloads: Lightning calls this on one process per node."""
@@ -140,8 +163,25 @@ class CIFAR10DataModule(L.LightningDataModule):
                 transform = per_image_transform(hp.rotation_degrees, hp.shift_fraction, hp.horizontal_flip)
             self.train_set = InMemoryImages(Split(full.images[train_idx], full.labels[train_idx]), transform)
             self.val_set = InMemoryImages(Split(full.images[val_idx], full.labels[val_idx]))
-        if stage in ("test", "predict") and self.test_set is None:
-            self.test_set = InMemoryImages(load_split(hp.data_dir, train=False, cache_dir=hp.cache_dir))
+        if stage == "test" or (stage == "predict" and hp.predict_dir is None):
+            if self.test_set is None:
+                self.test_set = InMemoryImages(load_split(hp.data_dir, train=False, cache_dir=hp.cache_dir))
+        if stage == "predict" and self.predict_set is None:
+            self.predict_set = self._predict_set()
+
+    def _predict_set(self) -> NamedImages:
+        """The test split named by index, or the decoded ``predict_dir`` named by file path."""
+        if self.hparams.predict_dir is None:
+            split = Split(self.test_set.images, self.test_set.labels)
+            return NamedImages(split, [str(i) for i in range(len(split.labels))])
+        folder = read_predict_folder(self.hparams.predict_dir, self.classes)
+        self.skipped_files = folder.skipped
+        if folder.skipped:
+            rank_zero_warn(
+                f"Skipped {len(folder.skipped)} file(s) in {self.hparams.predict_dir} that are not readable images:\n  "
+                + "\n  ".join(folder.skipped)
+            )
+        return NamedImages(Split(folder.images, folder.labels), folder.paths)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """Batched augmentation runs here, after the copy, so it runs on the GPU when training there."""
@@ -174,4 +214,4 @@ class CIFAR10DataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+        return self._loader(self.predict_set, self.hparams.eval_batch_size, shuffle=False)

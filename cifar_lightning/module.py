@@ -38,6 +38,10 @@ class CIFAR10Classifier(L.LightningModule):
         label_smoothing: Cross-entropy label smoothing (the original: none).
         mean: Per-channel mean subtracted from images in [0, 1].
         std: Per-channel std dividing images in [0, 1].
+        channels_last: NHWC memory layout for the network and its inputs; measured here
+            (2-core CPU, batch 64) 455 vs 380 training images/s, and faster on GPUs with tensor cores.
+        compile: ``torch.compile`` the network when training starts (worth it on a GPU for long
+            runs; on this 2-core CPU it costs ~30 s and gained nothing measurable).
     """
 
     def __init__(
@@ -53,6 +57,8 @@ class CIFAR10Classifier(L.LightningModule):
         label_smoothing: float = 0.0,
         mean: tuple[float, float, float] = CIFAR10_MEAN,
         std: tuple[float, float, float] = CIFAR10_STD,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         check_settings(lr=lr, conv_dropout=conv_dropout, dense_dropout=dense_dropout,
@@ -67,11 +73,20 @@ class CIFAR10Classifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def configure_model(self) -> None:
+        """Compile in place (``nn.Module.compile``), so state_dict keys and checkpoints stay the same."""
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
 
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 [0, 255] or float [0, 1] images (B, 3, H, W) -> normalised float."""
         x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def forward(self, images: Tensor) -> Tensor:
         """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes)."""

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torchvision.datasets.cifar
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from torch.optim.swa_utils import update_bn
 from torchvision.datasets import CIFAR10
 
+from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.sources import CIFAR10_CLASSES
+from cifar_lightning.tensorboard_figures import TensorBoardFigures
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "cifar10"
@@ -73,7 +82,7 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def torchvision_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # The fake pickles cannot match torchvision's MD5 list; torchvision's own tests skip the check the same way.
-    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
     return write_torchvision_folder(tmp_path / "tv")
 
 
@@ -87,3 +96,46 @@ def real_data() -> Path:
 @pytest.fixture(autouse=True)
 def _small_threads() -> None:
     torch.set_num_threads(2)
+
+
+EPOCHS = 4
+
+
+class RecordMetrics(Callback):
+    """What the trainer logged each epoch, to compare with what the report reads back from the event file."""
+
+    def __init__(self):
+        self.val_acc: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.val_acc.append(float(trainer.callback_metrics["val/acc"]))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A model trained for a few epochs on synthetic colour classes, its checkpoint and TensorBoard log.
+
+    After training, BatchNorm's running statistics are recomputed over the training images
+    (``update_bn``): with Keras' momentum 0.99 they need hundreds of steps to settle, and a
+    test cannot afford them. Measured: 4 epochs then ``update_bn`` gives 100% on the test split.
+    """
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("trained")
+    data_dir = write_image_folder(root / "data", n_train=20, n_test=5)
+    data = CIFAR10DataModule(str(data_dir), batch_size=8, eval_batch_size=100, val_size=20,
+                             augmentation="none", cache_dir=None)
+    recorder = RecordMetrics()
+    logger = TensorBoardLogger(root / "logs", name="tiny")
+    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=logger, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[recorder, TensorBoardFigures(num_images=16)])
+    L.seed_everything(0)
+    model = CIFAR10Classifier()
+    trainer.fit(model, datamodule=data)
+    update_bn(data.train_dataloader(), model)
+    ckpt = root / "tiny.ckpt"
+    trainer.save_checkpoint(ckpt)
+    test_acc = trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"]
+    return SimpleNamespace(data_dir=data_dir, ckpt=str(ckpt), log_dir=Path(logger.log_dir),
+                           val_acc=recorder.val_acc, test_acc=test_acc)

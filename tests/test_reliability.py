@@ -21,7 +21,7 @@ import torch
 from conftest import write_image_folder
 
 from cifar_lightning.checkpoint_io import AtomicCheckpointIO
-from cifar_lightning.cli import cli_main
+from cifar_lightning.cli import cli_main, main
 from cifar_lightning.module import CIFAR10Classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> str:
     with pytest.raises(SystemExit) as stop:
-        cli_main(args)
+        main(args)
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     assert "Traceback" not in err
@@ -316,23 +316,26 @@ def foreign_checkpoint(path: Path, model: torch.nn.Module, **hyper_parameters) -
 @pytest.mark.parametrize(
     ("subcommand", "make", "expected"),
     [
-        ("fit", lambda d: d / "nowhere.ckpt", "The checkpoint {path} does not exist."),
-        ("validate", lambda d: d / "nowhere.ckpt", "The checkpoint {path} does not exist."),
-        ("test", lambda d: d, "is a folder, not a file"),
+        # Explicit files are checked by checkpoints.check_checkpoint before LightningCLI reads them.
+        ("fit", lambda d: d / "nowhere.ckpt", "No checkpoint file at {path}."),
+        ("test", lambda d: d, "No checkpoint file at {path}."),
         ("fit", lambda d: (d / "notes.ckpt").write_text("hello") and d / "notes.ckpt",
-         "{path} is not a PyTorch Lightning checkpoint"),
+         "{path} is not a PyTorch checkpoint"),
         ("validate", lambda d: torch.save({"w": torch.zeros(2)}, d / "t.pt") or d / "t.pt",
-         "{path} is a PyTorch file but not a Lightning checkpoint (it has no 'state_dict' or"),
-        ("test", lambda d: torch.save({"state_dict": {}}, d / "sd.pt") or d / "sd.pt",
-         "{path} is a PyTorch file but not a Lightning checkpoint (it has no 'pytorch-lightning_version')"),
+         "{path} is a PyTorch file but not a Lightning checkpoint (no state_dict)"),
+        ("validate", lambda d: foreign_checkpoint(d / "mlp.ckpt", torch.nn.Sequential(torch.nn.Linear(4, 2))),
+         "{path} is a checkpoint of another model"),
+        # A consistent 3-class checkpoint: LightningCLI builds a 3-class model from it; the data has 10.
         ("fit", lambda d: foreign_checkpoint(d / "three.ckpt", CIFAR10Classifier(class_names=["a", "b", "c"]),
                                              class_names=["a", "b", "c"]),
          "The model has 3 classes (taken from the checkpoint {path}) but the data has 10."),
+        # Through --ckpt_path last the model comes from the config and the checkpoint must fit it.
         ("fit", lambda d: foreign_checkpoint(d / "checkpoints" / "last.ckpt",
                                              CIFAR10Classifier(class_names=["a", "b", "c"]),
                                              class_names=["a", "b", "c"]) and "last",
          "The checkpoint was trained for 3 classes but this run builds a model for 10"),
-        ("validate", lambda d: foreign_checkpoint(d / "mlp.ckpt", torch.nn.Sequential(torch.nn.Linear(4, 2))),
+        ("fit", lambda d: foreign_checkpoint(d / "checkpoints" / "last.ckpt",
+                                             torch.nn.Sequential(torch.nn.Linear(4, 2))) and "last",
          "The checkpoint holds a different network from this model (missing: net.classifier"),
     ],
 )

@@ -1,0 +1,105 @@
+"""Classify images from Python: paths, Pillow images or a tensor batch in, class names and probabilities out.
+
+    from cifar_lightning.checkpoints import load_classifier
+    from cifar_lightning.predict import predict_images
+
+    model = load_classifier("checkpoints/last.ckpt")  # or CIFAR10Classifier.load_from_checkpoint(...)
+    for p in predict_images(model, ["cat.jpg", "ship.png"]):
+        print(p.class_name, p.probability, p.top(3))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from cifar_lightning.errors import DataSourceError
+from cifar_lightning.image_files import DECODE_ERRORS, image_to_tensor, read_image
+from cifar_lightning.module import CIFAR10Classifier
+from cifar_lightning.sources import IMAGE_SIZE
+
+ImageInput = str | os.PathLike | Image.Image
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The most likely class of one image and the probability of every class."""
+
+    class_name: str
+    probability: float
+    probabilities: dict[str, float]  # every class, in the model's class order
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most likely (class name, probability) pairs, most likely first."""
+        return sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)[:k]
+
+
+def to_batch(images: Tensor | Sequence[ImageInput]) -> Tensor:
+    """Paths / Pillow images -> uint8 (N, 3, 32, 32); a tensor batch is checked and resized if needed."""
+    if isinstance(images, Tensor):
+        batch = images.unsqueeze(0) if images.dim() == 3 else images
+        if batch.dim() != 4 or batch.shape[1] != 3:
+            raise ValueError(f"Expected images of shape (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}.")
+        if batch.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            scaled = batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
+            batch = F.interpolate(scaled, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+        return batch
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    tensors = []
+    for image in images:
+        try:
+            tensors.append(image_to_tensor(image) if isinstance(image, Image.Image) else read_image(image))
+        except DECODE_ERRORS as error:
+            raise DataSourceError(f"{image} is not a readable image ({type(error).__name__}: {error}).") from None
+    if not tensors:
+        raise ValueError("No images given.")
+    return torch.stack(tensors)
+
+
+@torch.inference_mode()
+def predict_probabilities(model: CIFAR10Classifier, images: Tensor, batch_size: int = 500) -> Tensor:
+    """Softmax probabilities (N, C) on the model's device, in eval mode, ``batch_size`` images at a time.
+
+    The model's train/eval mode is restored afterwards; the result is on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        chunks = [model(chunk.to(device)).float().softmax(dim=-1).cpu() for chunk in images.split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def predict_images(
+    model: CIFAR10Classifier,
+    images: Tensor | Sequence[ImageInput] | ImageInput,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+) -> list[Prediction]:
+    """Classify images with a trained model, one ``Prediction`` per image, in input order.
+
+    Args:
+        model: A trained classifier, e.g. from ``load_classifier(path)``.
+        images: Image file paths or Pillow images (any size or colour mode: converted to RGB and
+            resized to 32x32), or a tensor (B, 3, H, W) / (3, H, W), uint8 in [0, 255] or float in [0, 1].
+        batch_size: Images per forward pass.
+        device: Move the model there first (``"cuda"``, ``"cpu"``); ``None`` keeps it where it is.
+    """
+    if device is not None:
+        model = model.to(device)
+    probabilities = predict_probabilities(model, to_batch(images), batch_size)
+    names = list(model.class_names)
+    best_prob, best = probabilities.max(dim=-1)
+    return [
+        Prediction(names[i], p, dict(zip(names, row)))
+        for i, p, row in zip(best.tolist(), best_prob.tolist(), probabilities.tolist())
+    ]

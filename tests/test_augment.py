@@ -1,0 +1,102 @@
+"""The batched augmentation draws from the same distribution as the per-image torchvision reference."""
+
+import math
+
+import pytest
+import torch
+
+from cifar_lightning.augment import BatchAugment, per_image_transform
+
+N = 1500
+
+
+def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov distance between the empirical CDFs."""
+    a, b = a.sort().values, b.sort().values
+    points = torch.cat([a, b])
+    cdf_a = torch.searchsorted(a, points, right=True) / len(a)
+    cdf_b = torch.searchsorted(b, points, right=True) / len(b)
+    return (cdf_a - cdf_b).abs().max().item()
+
+
+# Critical distance at significance 0.001 for two samples of N: c(alpha) * sqrt(2 / N).
+KS_CRITICAL = math.sqrt(-math.log(0.001 / 2) / 2) * math.sqrt(2 / N)
+
+
+def dot_image() -> torch.Tensor:
+    """Black image with one bright 3x3 square away from the centre: its centroid reveals the transform."""
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    image[:, 5:8, 21:24] = 255
+    return image
+
+
+def centroids(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = images.float().mean(1)  # (N, 32, 32)
+    total = weights.sum((1, 2))
+    grid = torch.arange(32, dtype=torch.float32)
+    return (weights.sum(1) * grid).sum(1) / total, (weights.sum(2) * grid).sum(1) / total
+
+
+def run_batched(image, n=N, **settings) -> torch.Tensor:
+    torch.manual_seed(1)
+    return BatchAugment(**settings)(image.expand(n, -1, -1, -1))
+
+
+def run_per_image(image, n=N, **settings) -> torch.Tensor:
+    torch.manual_seed(2)
+    transform = per_image_transform(**{"rotation_degrees": 17.0, "shift_fraction": 0.1, "horizontal_flip": True,
+                                       **settings})
+    return torch.stack([transform(image) for _ in range(n)]).float() / 255
+
+
+def test_centroid_distribution_matches_the_per_image_reference():
+    xb, yb = centroids(run_batched(dot_image()))
+    xr, yr = centroids(run_per_image(dot_image()))
+    assert ks_statistic(xb, xr) < KS_CRITICAL
+    assert ks_statistic(yb, yr) < KS_CRITICAL
+    # Half of the images are flipped: the square (left of centre at x=22) lands right of centre.
+    assert abs((xb > 15.5).float().mean().item() - 0.5) < 0.05
+    assert abs((xr > 15.5).float().mean().item() - 0.5) < 0.05
+
+
+def test_the_comparison_detects_a_different_rotation_range():
+    """The test above has power: halving the rotation range is caught."""
+    xb, yb = centroids(run_batched(dot_image(), rotation_degrees=6.0))
+    xr, yr = centroids(run_per_image(dot_image()))
+    assert max(ks_statistic(xb, xr), ks_statistic(yb, yr)) > KS_CRITICAL
+
+
+def test_shift_and_rotation_stay_within_keras_ranges():
+    """Without flip, the square's centroid moves at most by the largest shift plus the largest rotation."""
+    for images in (run_batched(dot_image(), horizontal_flip=False), run_per_image(dot_image(), horizontal_flip=False)):
+        x, y = centroids(images)
+        cx, cy = x - 15.5, y - 15.5  # the square starts at (6.5, -9.5) from the centre
+        radius = math.hypot(6.5, -9.5)
+        shift = 0.1 * 32
+        assert ((cx**2 + cy**2).sqrt() - radius).abs().max() <= shift * math.sqrt(2) + 0.5
+        angle_moved = torch.atan2(cy, cx) - math.atan2(-9.5, 6.5)
+        assert angle_moved.abs().max() <= math.radians(17) + math.asin(shift * math.sqrt(2) / radius) + 0.05
+
+
+@pytest.mark.parametrize("path", ["batched", "per_image"])
+def test_nearest_fill_keeps_a_constant_image_constant(path):
+    """Keras' fill_mode='nearest': uncovered pixels copy the edge, so nothing darkens at the corners."""
+    image = torch.full((3, 32, 32), 200, dtype=torch.uint8)
+    out = run_batched(image, n=200) if path == "batched" else run_per_image(image, n=200)
+    torch.testing.assert_close(out, torch.full_like(out, 200 / 255), atol=1e-5, rtol=0)
+
+
+def test_mean_image_matches_the_per_image_reference():
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    batched, reference = run_batched(image), run_per_image(image)
+    assert (batched.mean(0) - reference.mean(0)).abs().max() < 0.06
+    assert (batched.std(0) - reference.std(0)).abs().mean() < 0.01
+
+
+def test_batched_keeps_shape_and_device_and_returns_unit_floats():
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    out = BatchAugment()(images)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert not torch.equal(BatchAugment()(images), BatchAugment()(images))  # random each call

@@ -1,0 +1,93 @@
+"""The CLI end to end on tiny synthetic data: fit writes checkpoints and TensorBoard scalars, then
+test and predict load the checkpoint; the checkpoint alone rebuilds the model."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cifar_lightning import CIFAR10Classifier
+from cifar_lightning.cli import auto_precision
+
+from conftest import REPO, write_image_folder
+
+BASE = str(REPO / "configs" / "base.yaml")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def tiny_overrides(data_dir: Path, tmp_path: Path) -> list[str]:
+    return [
+        "--data.data_dir", str(data_dir), "--data.val_size", "30", "--data.batch_size", "16",
+        "--data.eval_batch_size", "64", "--data.cache_dir", str(tmp_path / "cache"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """One `fit` of two epochs on 200 synthetic images, shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("cli")
+    data_dir = write_image_folder(tmp_path / "data", n_train=20, n_test=5)
+    result = run_cli("fit", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--trainer.max_epochs", "2",
+                     cwd=tmp_path)
+    return tmp_path, data_dir, result
+
+
+def test_fit_writes_checkpoints_and_tests_the_best_one(fitted_run):
+    tmp_path, _, result = fitted_run
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
+    assert "Test accuracy of the best checkpoint" in result.stdout
+    assert "test/acc" in result.stdout
+
+
+def test_fit_logs_per_epoch_scalars_to_tensorboard(fitted_run):
+    tmp_path, _, _ = fitted_run
+    (log_dir,) = (tmp_path / "lightning_logs" / "base").iterdir()
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= tags
+    assert any(tag.startswith("lr-") for tag in tags)
+    assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("train/loss")) == 2  # once per epoch
+    assert (log_dir / "config.yaml").is_file() and (log_dir / "hparams.yaml").is_file()
+
+
+def test_checkpoint_alone_rebuilds_the_model(fitted_run):
+    tmp_path, _, _ = fitted_run
+    model = CIFAR10Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert model.hparams.lr == 0.0025 and list(model.hparams.mean) == pytest.approx([0.4914, 0.4822, 0.4465])
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_test_and_predict_load_the_checkpoint(fitted_run):
+    tmp_path, data_dir, _ = fitted_run
+    ckpt = str(tmp_path / "checkpoints" / "last.ckpt")
+    tested = run_cli("test", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt, cwd=tmp_path)
+    assert "test/acc" in tested.stdout
+    run_cli("predict", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt, cwd=tmp_path)
+
+
+def test_print_config_and_help_work_without_data(tmp_path):
+    printed = run_cli("fit", "--config", BASE, "--print_config", cwd=tmp_path)
+    assert "max_epochs: 200" in printed.stdout and "patience: 35" in printed.stdout
+    assert "lr: 0.0025" in printed.stdout and "batch_size: 64" in printed.stdout
+    helped = run_cli("fit", "--help", cwd=tmp_path)
+    assert "--data.data_dir" in helped.stdout and "--model.lr" in helped.stdout
+
+
+def test_precision_is_full_on_cpu():
+    if torch.cuda.is_available():
+        assert auto_precision("auto") in ("bf16-mixed", "16-mixed")
+    assert auto_precision("cpu") == "32-true"

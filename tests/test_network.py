@@ -1,0 +1,90 @@
+"""The network matches the Keras original: parameter count, shapes and Keras-default initialisation."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cifar_lightning import CIFAR10Classifier, KerasCIFAR10CNN
+
+
+def test_parameter_count_matches_keras():
+    net = KerasCIFAR10CNN()
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    running_stats = sum(b.numel() for name, b in net.named_buffers() if "running_" in name)
+    assert trainable == 419_818
+    assert running_stats == 1_024
+    assert trainable + running_stats == 420_842  # Keras' "Total params"
+
+
+def test_layer_order_is_conv_bn_elu_everywhere():
+    net = KerasCIFAR10CNN()
+    layers = [m for m in net.modules() if not isinstance(m, (nn.Sequential, KerasCIFAR10CNN))]
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == (
+        ["Conv2d", "BatchNorm2d", "ELU"] * 2 + ["MaxPool2d", "Dropout"]
+    ) * 3 + ["Flatten", "Linear", "BatchNorm1d", "ELU", "Dropout", "Linear"]
+    convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is not None for c in convs)
+    assert [m.p for m in layers if isinstance(m, nn.Dropout)] == [0.2, 0.2, 0.3, 0.3]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_classifier_output_shape_for_raw_and_unit_images(dtype):
+    model = CIFAR10Classifier().eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    if dtype == torch.float32:
+        images = images.float() / 255
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (5, 10) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_uint8_and_unit_float_inputs_give_identical_predictions():
+    model = CIFAR10Classifier().eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), model(images.float() / 255))
+
+
+def test_keras_initialisation_glorot_uniform_and_zero_bias():
+    torch.manual_seed(0)
+    net = KerasCIFAR10CNN()
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            receptive = module.weight[0, 0].numel()
+            fan_in, fan_out = module.weight.shape[1] * receptive, module.weight.shape[0] * receptive
+            limit = math.sqrt(6 / (fan_in + fan_out))
+            w = module.weight.detach()
+            assert w.abs().max() <= limit
+            # A uniform(-limit, limit) has std limit / sqrt(3); PyTorch's default (kaiming) does not.
+            assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.15)
+            assert torch.count_nonzero(module.bias) == 0
+
+
+def test_batchnorm_uses_keras_momentum_and_epsilon():
+    norms = [m for m in KerasCIFAR10CNN().modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 7
+    for bn in norms:
+        assert bn.momentum == pytest.approx(0.01) and bn.eps == pytest.approx(1e-3)
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+
+
+def test_optimizer_is_nadam_with_keras_epsilon():
+    optimizer = CIFAR10Classifier().configure_optimizers()
+    assert isinstance(optimizer, torch.optim.NAdam)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.0025 and group["eps"] == 1e-7 and group["betas"] == (0.9, 0.999)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"lr": 0}, "lr must be greater than 0"), ({"dense_dropout": 1.0}, "dropout"),
+     ({"conv_dropout": (0.2, -0.1, 0.3)}, "dropout")],
+)
+def test_nonsense_settings_are_rejected_with_a_clear_message(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CIFAR10Classifier(**kwargs)

@@ -1,0 +1,163 @@
+"""Prediction from a checkpoint: the Python function, the CLI's CSV, odd image files and clear errors.
+
+The ``trained`` fixture (conftest.py) is a model trained on synthetic images whose classes differ
+in colour, so correct predictions are expected, not just well-formed output.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar_lightning.checkpoints import check_checkpoint, load_classifier
+from cifar_lightning.cli import cli_main
+from cifar_lightning.errors import CheckpointError, DataSourceError
+from cifar_lightning.image_files import read_predict_folder, to_rgb32
+from cifar_lightning.prediction_writer import COLUMNS
+from cifar_lightning.predict import predict_images
+from cifar_lightning.sources import CIFAR10_CLASSES
+from conftest import REPO, synthetic_images
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str):
+    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])  # LightningCLI warns when argv and args both hold arguments
+    return cli_main(list(args))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def test_model_learned_the_synthetic_classes(trained):
+    assert trained.test_acc >= 0.95
+
+
+def test_predict_images_takes_paths_pil_and_tensors(trained, tmp_path):
+    model = load_classifier(trained.ckpt)
+    files = sorted((trained.data_dir / "test").rglob("*.png"))
+    truth = [path.parent.name for path in files]
+    from_paths = predict_images(model, files, batch_size=16)
+    assert sum(p.class_name == t for p, t in zip(from_paths, truth)) >= 0.9 * len(files)
+
+    pil = [Image.open(path) for path in files[:8]]
+    uint8 = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in pil])
+    for other in (predict_images(model, pil), predict_images(model, uint8), predict_images(model, uint8 / 255.0)):
+        assert [p.class_name for p in other] == [p.class_name for p in from_paths[:8]]
+        assert [p.probability for p in other] == pytest.approx([p.probability for p in from_paths[:8]], abs=1e-4)
+
+    first = from_paths[0]
+    assert first.probability == max(first.probabilities.values())
+    assert sum(first.probabilities.values()) == pytest.approx(1, abs=1e-4)
+    assert [name for name, _ in first.top(3)][0] == first.class_name and len(first.top(3)) == 3
+    assert not model.training
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataSourceError, match="broken.png is not a readable image"):
+        predict_images(model, [files[0], tmp_path / "broken.png"])
+
+
+def test_cli_predicts_the_test_split_to_csv(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_cli(monkeypatch, "predict", "--config", str(REPO / "configs" / "base.yaml"), "--ckpt_path", trained.ckpt,
+            "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false")
+    rows = read_csv(tmp_path / "predictions" / "predictions.csv")
+    assert len(rows) == 50
+    assert [row["image"] for row in rows] == [str(i) for i in range(50)]
+    assert all(row["true_class"] == CIFAR10_CLASSES[i // 5] for i, row in enumerate(rows))
+    accuracy = sum(row["correct"] == "1" for row in rows) / len(rows)
+    assert accuracy == pytest.approx(trained.test_acc)  # predict and test agree on the same checkpoint
+    probabilities = [float(row[key]) for row in rows for key in ("probability", "top2_probability", "top3_probability")]
+    assert all(0 <= p <= 1 for p in probabilities)
+    out = capsys.readouterr().out
+    assert "predictions.csv" in out and f"{accuracy:.4f}" in out
+
+
+def write_odd_images(folder: Path) -> dict[str, str]:
+    """Images of every awkward kind, named by the class whose colour they carry ('' = no class to expect)."""
+    images, _ = synthetic_images(1, seed=5)
+    colour = lambda label, size: Image.fromarray(images[label]).resize(size, Image.Resampling.NEAREST)  # noqa: E731
+    (folder / "cat").mkdir(parents=True)
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    colour(3, (32, 32)).save(folder / "cat" / "labelled.png")
+    colour(1, (120, 70)).save(folder / "big.jpg", quality=95)
+    colour(8, (9, 13)).convert("RGBA").save(folder / "nested" / "small_rgba.png")
+    colour(9, (40, 40)).convert("P").save(folder / "nested" / "deeper" / "palette.gif")
+    colour(5, (64, 64)).save(folder / "nested" / "photo.webp")
+    Image.fromarray(images[0]).convert("L").save(folder / "gray.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    (folder / "notes.txt").write_text("not an image")
+    return {"cat/labelled.png": "cat", "big.jpg": "automobile", "nested/small_rgba.png": "ship",
+            "nested/deeper/palette.gif": "truck", "nested/photo.webp": "dog", "gray.png": ""}
+
+
+def test_cli_predicts_a_folder_of_odd_images(trained, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "mine"
+    expected = write_odd_images(folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="corrupt.png"):
+        run_cli(monkeypatch, "predict", "--ckpt_path", trained.ckpt, "--data.predict_dir", str(folder),
+                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
+    csv_rows = read_csv(tmp_path / "predictions" / "predictions.csv")
+    rows = {Path(row["image"]).relative_to(folder).as_posix(): row for row in csv_rows}
+    assert set(rows) == set(expected)
+    for name, cls in expected.items():
+        if cls:
+            assert rows[name]["predicted"] == cls, name
+    assert rows["cat/labelled.png"]["true_class"] == "cat" and rows["cat/labelled.png"]["correct"] == "1"
+    assert rows["big.jpg"]["true_class"] == "" and rows["big.jpg"]["correct"] == ""
+    out = capsys.readouterr().out
+    assert "Skipped 2 file(s)" in out and "corrupt.png" in out and "notes.txt" in out
+    assert "Accuracy on the 1 images" in out
+
+
+def test_to_rgb32_handles_modes_and_sizes():
+    transparent = Image.new("RGBA", (50, 20), (10, 200, 30, 0))
+    assert to_rgb32(transparent).getpixel((0, 0)) == (255, 255, 255)  # transparency on white, not the hidden colour
+    assert to_rgb32(Image.new("L", (7, 300), 90)).getpixel((5, 5)) == (90, 90, 90)
+    assert to_rgb32(Image.new("I;16", (33, 33))).size == (32, 32)
+
+
+def test_predict_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataSourceError, match="holds no files"):
+        read_predict_folder(tmp_path / "empty", CIFAR10_CLASSES)
+    with pytest.raises(DataSourceError, match="does not exist"):
+        read_predict_folder(tmp_path / "missing", CIFAR10_CLASSES)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataSourceError, match="None of the 1 files.*a.jpg"):
+        read_predict_folder(tmp_path / "junk", CIFAR10_CLASSES)
+
+
+def test_wrong_checkpoints_raise_checkpoint_error(trained, tmp_path, monkeypatch):
+    ours = torch.load(trained.ckpt, weights_only=True)
+    other_model = {"state_dict": {"layer.weight": torch.zeros(2, 32)}, "hyper_parameters": {"lr": 0.1}}
+    three_classes = {**ours, "hyper_parameters": {**ours["hyper_parameters"], "class_names": ["a", "b", "c"]}}
+    cases = {
+        "missing.ckpt": (None, "No checkpoint file"),
+        "text.ckpt": ("hello", "not a PyTorch checkpoint"),
+        "tensor.ckpt": (torch.zeros(3), "not a Lightning checkpoint"),
+        "other.ckpt": (other_model, "another model: it lacks"),
+        "three.ckpt": (three_classes, "another model: its weights do not fit"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if isinstance(content, str):
+            path.write_text(content)
+        elif content is not None:
+            torch.save(content, path)
+        with pytest.raises(CheckpointError, match=message):
+            check_checkpoint(path)
+    with pytest.raises(CheckpointError, match="another model"):
+        run_cli(monkeypatch, "predict", "--ckpt_path", str(tmp_path / "other.ckpt"))
+    with pytest.raises(CheckpointError, match="No checkpoint file"):
+        load_classifier(tmp_path / "missing.ckpt")
