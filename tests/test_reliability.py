@@ -188,6 +188,7 @@ def test_two_runs_are_identical_and_resuming_at_an_epoch_boundary_changes_nothin
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
+    """fit then predict with 2 gloo processes: synchronised metrics, disjoint shards, rank 0 writes."""
     args = fit_args(
         data, tmp_path / "cache", "--trainer.max_epochs", "2", "--trainer.strategy", "ddp",
         "--trainer.devices", "2", "--trainer.callbacks+=fault_points.RecordRank",
@@ -209,6 +210,16 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     assert best.startswith("epoch") and last == "last.ckpt"
     assert [p.name for p in (tmp_path / "lightning_logs" / "base").iterdir()] == ["version_0"]
     assert out.count("Test accuracy of the best checkpoint") == 1
+
+    # predict under DDP: each process predicts a shard, one CSV holds every test image once.
+    predict = [a for a in args if a != "--trainer.callbacks+=fault_points.RecordRank"]
+    predict[0] = "predict"
+    process = start_fit(tmp_path, [*predict, "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    (csv_file,) = (tmp_path / "predictions").iterdir()
+    rows = csv_file.read_text().splitlines()[1:]
+    assert sorted(int(row.split(",")[0]) for row in rows) == list(range(20))
 
 
 # --- bad input: one message, exit status 2, no traceback --------------------------------------
