@@ -92,7 +92,8 @@ class CIFAR10Classifier(L.LightningModule):
         """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes)."""
         return self.net(self.preprocess(images))
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        """Loss, accuracy and their logging; returns the loss and the logits (callbacks reuse them)."""
         images, labels = batch
         logits = self(images)
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
@@ -103,16 +104,16 @@ class CIFAR10Classifier(L.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, sync_dist=True,
                  batch_size=len(labels))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return {"loss": loss, "logits": logits.detach()}
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "train")
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._shared_step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._shared_step(batch, "test")
 
     def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Class probabilities (B, num_classes)."""

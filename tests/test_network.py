@@ -21,7 +21,7 @@ def test_parameter_count_matches_keras():
 def test_layer_order_is_conv_bn_elu_everywhere():
     net = KerasCIFAR10CNN()
     layers = [m for m in net.modules() if not isinstance(m, (nn.Sequential, KerasCIFAR10CNN))]
-    kinds = [type(m).__name__ for m in layers]
+    kinds = ["ELU" if isinstance(m, nn.ELU) else type(m).__name__ for m in layers]
     assert kinds == (
         ["Conv2d", "BatchNorm2d", "ELU"] * 2 + ["MaxPool2d", "Dropout"]
     ) * 3 + ["Flatten", "Linear", "BatchNorm1d", "ELU", "Dropout", "Linear"]
@@ -88,3 +88,16 @@ def test_optimizer_is_nadam_with_keras_epsilon():
 def test_nonsense_settings_are_rejected_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CIFAR10Classifier(**kwargs)
+
+
+def test_fast_cpu_elu_matches_torch_elu_in_value_and_gradient():
+    from cifar_lightning.network import ExpELU
+
+    x = torch.cat([torch.randn(10_000) * 5, torch.tensor([0.0, -0.0, 1e-8, -1e-8, 80.0, -80.0])])
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.nn.functional.elu(x1).sum().backward()
+    out = ExpELU()(x2)
+    out.sum().backward()
+    torch.testing.assert_close(out, torch.nn.functional.elu(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-6, rtol=1e-6)
+    assert torch.autograd.gradcheck(ExpELU(), (torch.randn(30, dtype=torch.float64, requires_grad=True),))
