@@ -12,7 +12,10 @@ Rows (medians of --repeats, each after warm-up):
            per second over whole epochs, the validation pass subtracted (``predict`` measures inference).
            Epochs are --steps batches long, so checkpoints are written ~5x more often than in a real run.
   data     the data path alone: batches from the training loader, copied to the device, augmented.
-  predict  ``Trainer.predict`` over the test split at the DataModule's eval batch size.
+  predict  ``Trainer.predict`` over the test split at the DataModule's eval batch size, in the
+           config's precision (full precision on a CPU), CSV writer included.
+  predict_bf16  the same with ``precision="bf16-mixed"``, on CPUs with native bf16 (AVX512-BF16/AMX)
+           and GPUs: what ``--trainer.precision bf16-mixed`` gives at a small cost in agreement.
 The last line is ``fit/raw: X.XX``. Not imported by the package; not a test.
 """
 
@@ -26,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
@@ -122,6 +126,10 @@ def bench_predict(trainer, model, datamodule, repeats: int) -> float:
     return statistics.median(rates[1:])
 
 
+def cpu_has_bf16() -> bool:
+    return "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+
+
 def synthetic_folder(root: Path, per_class: int) -> Path:
     """A CIFAR-10-shaped image folder of random images, for machines without the data set."""
     from PIL import Image
@@ -146,6 +154,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="training batches per timed repeat / epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache_dir", default=str(REPO / ".cache" / "cifar_lightning"))
+    parser.add_argument("cli_args", nargs="*", help="more CLI arguments after --, e.g. -- --data.augmentation per_image")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="cifar_bench_"))
@@ -158,7 +167,7 @@ def main() -> None:
     cli = cli_main(args=[
         "--config", args.config, "--data.data_dir", data_dir, "--data.cache_dir", args.cache_dir,
         "--trainer.max_epochs", str(args.repeats + 1), "--trainer.limit_train_batches", str(args.steps),
-        "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0", *args.cli_args,
     ], run=False)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.callbacks.insert(0, timer)
@@ -179,6 +188,11 @@ def main() -> None:
 
     datamodule.setup("predict")
     predict = bench_predict(trainer, model, datamodule, args.repeats)
+    predict_bf16 = None
+    if precision != "bf16-mixed" and (device.type == "cuda" or cpu_has_bf16()):
+        bf16_trainer = L.Trainer(accelerator=device.type, devices=1, precision="bf16-mixed", logger=False,
+                                 enable_progress_bar=False, enable_model_summary=False)
+        predict_bf16 = bench_predict(bf16_trainer, model, datamodule, args.repeats)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"\nDevice: {name}; precision {precision}; batch {batch_size}, eval batch "
@@ -187,8 +201,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, Python {platform.python_version()}; data: {data_dir}; "
           f"fit: {args.repeats + 1} epochs of {args.steps} batches in {fit_wall:.0f} s (first one is warm-up)")
     print("\n| row | images/s |\n|---|---:|")
-    for row, value in (("raw", raw), ("fit", fit), ("data", data), ("predict", predict)):
-        print(f"| {row} | {value:,.0f} |")
+    for row, value in (("raw", raw), ("fit", fit), ("data", data), ("predict", predict),
+                       ("predict_bf16", predict_bf16)):
+        if value is not None:
+            print(f"| {row} | {value:,.0f} |")
     print(f"\ndata/raw: {data / raw:.1f}")
     print(f"fit/raw: {fit / raw:.2f}")
 
