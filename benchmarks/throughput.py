@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --data_dir DIR       # any folder the DataModule reads
     python benchmarks/throughput.py --synthetic          # generated images, no data needed
 
-Rows (medians of --repeats, each after warm-up):
+Rows (medians of --repeats, each after warm-up; raw is timed --repeats times before fit and again after):
   raw      bare PyTorch: forward, backward and NAdam step of the same model on one pre-made batch
            (the ceiling: no data loading, no Lightning).
   fit      Lightning ``fit`` built from configs/base.yaml by the CLI (data loading, batched
@@ -72,7 +72,7 @@ def autocast_for(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def bench_raw(model: CIFAR10Classifier, batch_size: int, steps: int, repeats: int, device, precision) -> float:
+def raw_stepper(model: CIFAR10Classifier, batch_size: int, device, precision):
     """The ceiling: the model's own forward/backward/step on one batch already on the device."""
     model = model.to(device).train()
     optimizer = model.configure_optimizers()
@@ -86,8 +86,12 @@ def bench_raw(model: CIFAR10Classifier, batch_size: int, steps: int, repeats: in
         loss.backward()
         optimizer.step()
 
-    for _ in range(10):
+    for _ in range(20):  # warm-up
         step()
+    return step
+
+
+def bench_raw(step, batch_size: int, steps: int, repeats: int, device) -> list[float]:
     rates = []
     for _ in range(repeats):
         sync(device)
@@ -96,7 +100,7 @@ def bench_raw(model: CIFAR10Classifier, batch_size: int, steps: int, repeats: in
             step()
         sync(device)
         rates.append(steps * batch_size / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return rates
 
 
 def bench_data(datamodule: CIFAR10DataModule, batches: int, repeats: int, device) -> float:
@@ -176,12 +180,16 @@ def main() -> None:
     precision = trainer.precision
 
     settings = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # drop the CLI's _instantiator
-    raw = bench_raw(CIFAR10Classifier(**settings), batch_size, args.steps // 3, args.repeats, device, precision)
+    # raw is timed before and after fit, so that drift of the machine during the run hits both rows alike.
+    step = raw_stepper(CIFAR10Classifier(**settings), batch_size, device, precision)
+    raw_rates = bench_raw(step, batch_size, args.steps // 2, args.repeats, device)
 
     fit_start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     fit_wall = time.perf_counter() - fit_start
     fit = statistics.median(args.steps * batch_size / s for s in timer.train_seconds[1:])
+    raw_rates += bench_raw(step, batch_size, args.steps // 2, args.repeats, device)
+    raw = statistics.median(raw_rates)
 
     datamodule.setup("fit")
     data = bench_data(datamodule, min(args.steps, len(datamodule.train_dataloader())), args.repeats, device)
