@@ -204,7 +204,7 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"\nDevice: {name}; precision {precision}; batch {batch_size}, eval batch "
-          f"{datamodule.hparams.eval_batch_size}; augmentation {datamodule.hparams.augmentation}; "
+          f"{datamodule.eval_batch_size}; augmentation {datamodule.hparams.augmentation}; "
           f"channels_last {model.hparams.channels_last}; compile {model.hparams.compile}")
     print(f"torch {torch.__version__}, Python {platform.python_version()}; data: {data_dir}; "
           f"fit: {args.repeats + 1} epochs of {args.steps} batches in {fit_wall:.0f} s (first one is warm-up)")

@@ -125,3 +125,14 @@ def test_nonsense_datamodule_settings_are_rejected():
         CIFAR10DataModule(batch_size=0)
     with pytest.raises(ValueError, match="val_size must be at least 1"):
         CIFAR10DataModule(val_size=-5)
+
+
+def test_eval_batch_size_is_explicit_or_picked_for_the_device(image_folder, tmp_path):
+    assert make_datamodule(image_folder, tmp_path, eval_batch_size=40).eval_batch_size == 40
+    dm = make_datamodule(image_folder, tmp_path)
+    assert dm.eval_batch_size == 128  # no trainer: CPU
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert dm.eval_batch_size == 1024
+    dm.trainer = None
+    dm.setup("fit")
+    assert next(iter(dm.val_dataloader()))[0].shape[0] == 50  # the whole 50-image validation split
