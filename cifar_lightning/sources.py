@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.datasets import CIFAR10
 
+from cifar_lightning.checkpoint_io import save_atomically
 from cifar_lightning.errors import DataSourceError
 
 CIFAR10_CLASSES = (
@@ -151,11 +152,3 @@ def read_image_folder(files: list[tuple[Path, int]]) -> Split:
         )
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
-
-
-def save_atomically(obj: object, path: Path) -> None:
-    """Write to a temporary file and rename, so a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
