@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lightning.ckpt_checks import check_compatible
 from cifar_lightning.errors import ConfigError
+from cifar_lightning.augment import to_unit_float
 from cifar_lightning.network import KerasCIFAR10CNN
 from cifar_lightning.sources import CIFAR10_CLASSES
 
@@ -84,8 +85,7 @@ class CIFAR10Classifier(L.LightningModule):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 [0, 255] or float [0, 1] images (B, 3, H, W) -> normalised float."""
-        x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-        x = (x - self.mean) / self.std
+        x = (to_unit_float(images).float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def forward(self, images: Tensor) -> Tensor:

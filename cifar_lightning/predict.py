@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from cifar_lightning.augment import to_unit_float
 from cifar_lightning.errors import DataSourceError
 from cifar_lightning.image_files import DECODE_ERRORS, image_to_tensor, read_image
 from cifar_lightning.module import CIFAR10Classifier
@@ -47,8 +48,7 @@ def to_batch(images: Tensor | Sequence[ImageInput]) -> Tensor:
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise ValueError(f"Expected images of shape (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}.")
         if batch.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            scaled = batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
-            batch = F.interpolate(scaled, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+            batch = F.interpolate(to_unit_float(batch).float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
         return batch
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
