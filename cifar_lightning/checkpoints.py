@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cifar_lightning.ckpt_checks import state_dict_mismatch
 from cifar_lightning.errors import CheckpointError
 from cifar_lightning.module import CIFAR10Classifier
 
@@ -38,10 +39,9 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
         reference = CIFAR10Classifier(class_names=hparams["class_names"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path} holds unusable class names ({error}). {HINT}") from None
-    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-    if expected != found:
-        differ = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+    missing, unexpected, resized = state_dict_mismatch(checkpoint["state_dict"], reference.state_dict())
+    if missing or unexpected or resized:
+        differ = sorted(missing + unexpected) or resized
         raise CheckpointError(
             f"{path} is a checkpoint of another model: its weights do not fit CIFAR10Classifier "
             f"({len(differ)} tensors differ, e.g. {differ[:3]}). {HINT}"

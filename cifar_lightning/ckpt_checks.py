@@ -17,6 +17,14 @@ from torch import nn
 from cifar_lightning.errors import CheckpointError
 
 
+def state_dict_mismatch(saved: Mapping, expected: Mapping) -> tuple[list[str], list[str], list[str]]:
+    """Keys ``expected`` has and ``saved`` lacks, keys only ``saved`` has, and shared keys of another shape."""
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    resized = sorted(key for key in set(saved) & set(expected) if tuple(saved[key].shape) != tuple(expected[key].shape))
+    return missing, unexpected, resized
+
+
 def check_compatible(checkpoint: Mapping, model: nn.Module) -> None:
     """Fail when the checkpoint's weights do not fit ``model``: another architecture or class count."""
     saved = checkpoint.get("state_dict", {})
@@ -29,13 +37,8 @@ def check_compatible(checkpoint: Mapping, model: nn.Module) -> None:
             f"{len(own_classes)} (model.class_names). Use a checkpoint trained on the same classes, "
             "or leave out --ckpt_path to start from scratch."
         )
-    missing = sorted(set(expected) - set(saved))
-    unexpected = sorted(set(saved) - set(expected))
-    resized = [
-        f"{key} {tuple(saved[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in sorted(set(saved) & set(expected))
-        if saved[key].shape != expected[key].shape
-    ]
+    missing, unexpected, resized = state_dict_mismatch(saved, expected)
+    resized = [f"{key} {tuple(saved[key].shape)} vs {tuple(expected[key].shape)}" for key in resized]
     if missing or unexpected or resized:
         details = "; ".join(
             f"{label}: {_first(items)}"
