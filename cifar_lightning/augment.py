@@ -74,6 +74,39 @@ class BatchAugment(nn.Module):
         )
 
 
+class BatchRandomCrop(nn.Module):
+    """Random crop after reflect padding, and a horizontal flip: the usual CIFAR recipe, per batch.
+
+    Shifts are whole pixels, uniform in [-padding, padding] both ways, so no pixel is interpolated;
+    uncovered pixels mirror the image (``padding_mode='reflect'`` of torchvision's ``RandomCrop``).
+    One gather for the whole batch, on whatever device the batch is on.
+    """
+
+    def __init__(self, padding: int = 4, horizontal_flip: bool = True):
+        super().__init__()
+        self.padding = padding
+        self.horizontal_flip = horizontal_flip
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = to_unit_float(images)
+        b, c, h, w = x.shape
+        p, device = self.padding, x.device
+        padded = F.pad(x, (p, p, p, p), mode="reflect") if p else x
+        top = torch.randint(0, 2 * p + 1, (b, 1), device=device, generator=generator)
+        left = torch.randint(0, 2 * p + 1, (b, 1), device=device, generator=generator)
+        rows = top + torch.arange(h, device=device)  # (B, H)
+        cols = left + torch.arange(w, device=device)  # (B, W)
+        if self.horizontal_flip:
+            flip = torch.rand(b, 1, device=device, generator=generator) < 0.5
+            cols = torch.where(flip, cols.flip(1), cols)
+        batch = torch.arange(b, device=device).view(b, 1, 1, 1)
+        channel = torch.arange(c, device=device).view(1, c, 1, 1)
+        return padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding}, horizontal_flip={self.horizontal_flip}"
+
+
 class KerasRandomAffine(nn.Module):
     """Per-image Keras rotation and shift with torchvision's functional ops.
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10
 
-from cifar_lightning.augment import BatchAugment, per_image_transform
+from cifar_lightning.augment import BatchAugment, BatchRandomCrop, per_image_transform
 from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.image_files import read_predict_folder
 from cifar_lightning.sources import CIFAR10_CLASSES, Split, load_split
@@ -98,7 +98,10 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: Training images held out, stratified by class, for early stopping and checkpoints.
         seed: Seed of the hold-out split (independent of the training seed).
         augmentation: ``batched`` (one affine grid per batch on the training device), ``per_image``
-            (torchvision ops in the loader workers, the reference) or ``none``.
+            (torchvision ops in the loader workers, the reference), ``crop`` (random crop after
+            ``crop_padding`` pixels of reflect padding, and the flip: not the original's, used by
+            ``configs/fast.yaml``) or ``none``.
+        crop_padding: Largest whole-pixel shift of the ``crop`` augmentation.
         rotation_degrees: Keras ``rotation_range``.
         shift_fraction: Keras ``width_shift_range`` and ``height_shift_range``.
         horizontal_flip: Keras ``horizontal_flip``.
@@ -118,7 +121,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         val_size: int = 5000,
         seed: int = 0,
-        augmentation: Literal["batched", "per_image", "none"] = "batched",
+        augmentation: Literal["batched", "per_image", "crop", "none"] = "batched",
+        crop_padding: int = 4,
         rotation_degrees: float = 17.0,
         shift_fraction: float = 0.1,
         horizontal_flip: bool = True,
@@ -133,6 +137,8 @@ class CIFAR10DataModule(L.LightningDataModule):
                 raise ConfigError(f"{name} must be at least 1, got {value}.")
         if val_size < 1:
             raise ConfigError(f"val_size must be at least 1 (images held out for validation), got {val_size}.")
+        if not 0 <= crop_padding < 16:
+            raise ConfigError(f"crop_padding must be in [0, 16) pixels, got {crop_padding}.")
         if not 0 <= shift_fraction < 1 or rotation_degrees < 0:
             raise ConfigError(
                 f"shift_fraction must be in [0, 1) and rotation_degrees at least 0, "
@@ -140,7 +146,11 @@ class CIFAR10DataModule(L.LightningDataModule):
             )
         self.save_hyperparameters()
         self.classes = CIFAR10_CLASSES
-        self.batch_augment = BatchAugment(rotation_degrees, shift_fraction, horizontal_flip)
+        self.batch_augment = (
+            BatchRandomCrop(crop_padding, horizontal_flip)
+            if augmentation == "crop"
+            else BatchAugment(rotation_degrees, shift_fraction, horizontal_flip)
+        )
         self.train_set = self.val_set = self.test_set = self.predict_set = None
         self.skipped_files: list[str] = []  # predict_dir files that were not readable images
 
@@ -187,7 +197,7 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """Batched augmentation runs here, after the copy, so it runs on the GPU when training there."""
-        if self.trainer is not None and self.trainer.training and self.hparams.augmentation == "batched":
+        if self.trainer is not None and self.trainer.training and self.hparams.augmentation in ("batched", "crop"):
             images, labels = batch
             return self.batch_augment(images), labels
         return batch
