@@ -38,6 +38,10 @@ from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.prediction_writer import CSVPredictionWriter
 from cifar_lightning.report import make_report
 
+# Model settings that change how a model runs, not what it computes from its weights: with
+# --ckpt_path they come from the command and config, not from the checkpoint's hyperparameters.
+RUNTIME_SWITCHES = ("tta_flip", "channels_last", "compile")
+
 # ckpt_path values Lightning resolves itself rather than reading a file.
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
 
@@ -66,6 +70,18 @@ class CIFAR10CLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path).split(":")[0] not in SPECIAL_CKPT_PATHS:
             check_checkpoint(ckpt_path)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning lets the checkpoint's hyperparameters override the whole model config, so that
+        scaling, normalisation and classes come from the checkpoint; keep ``RUNTIME_SWITCHES`` as
+        given, or ``test --ckpt_path X --model.tta_flip true`` would silently evaluate without TTA."""
+        subcommand = self.config.get("subcommand")
+        model = self.config[subcommand].get("model") if subcommand else None
+        given = {name: model.get(name) for name in RUNTIME_SWITCHES} if model else {}
+        super()._parse_ckpt_path()
+        for name, value in given.items():
+            if value is not None:
+                self.config[subcommand].model[name] = value
 
     def before_predict(self) -> None:
         """Predictions go to a CSV even when the config adds no prediction writer."""

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from cifar_lightning.ckpt_checks import check_compatible
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.augment import to_unit_float
+from cifar_lightning.inference import fold_batchnorm
 from cifar_lightning.network import KerasCIFAR10CNN
 from cifar_lightning.sources import CIFAR10_CLASSES
 
@@ -102,16 +103,19 @@ class CIFAR10Classifier(L.LightningModule):
         x = (to_unit_float(images).float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes)."""
-        return self.net(self.preprocess(images))
+    def forward(self, images: Tensor, net: torch.nn.Module | None = None) -> Tensor:
+        """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes).
 
-    def evaluate(self, images: Tensor) -> Tensor:
+        ``net``: another copy of the network to run, e.g. ``inference_net()``'s.
+        """
+        return (net or self.net)(self.preprocess(images))
+
+    def evaluate(self, images: Tensor, net: torch.nn.Module | None = None) -> Tensor:
         """Logits for evaluation; with ``tta_flip`` the log of the mean of the image's and its mirror's
         probabilities (a valid input to cross-entropy and argmax)."""
         if not self.hparams.tta_flip:
-            return self(images)
-        both = self(torch.cat([images, images.flip(-1)])).log_softmax(dim=-1)
+            return self(images, net)
+        both = self(torch.cat([images, images.flip(-1)]), net).log_softmax(dim=-1)
         return torch.logsumexp(torch.stack(both.chunk(2)), dim=0) - torch.log(torch.tensor(2.0))
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
@@ -137,10 +141,25 @@ class CIFAR10Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "test")
 
+    def inference_net(self) -> torch.nn.Module:
+        """The network with BatchNorm folded into the layers before it (same outputs, faster), for
+        prediction; the network itself when it is compiled, which a copy would not be."""
+        if self.hparams.compile:
+            return self.net
+        folded = fold_batchnorm(self.net)
+        return folded.to(memory_format=torch.channels_last) if self.hparams.channels_last else folded
+
+    def on_predict_start(self) -> None:
+        # Kept out of the module's children, so it never reaches state_dict or a checkpoint.
+        self.__dict__["_predict_net"] = self.inference_net()
+
+    def on_predict_end(self) -> None:
+        self.__dict__.pop("_predict_net", None)
+
     def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
         """Class probabilities (B, num_classes)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.evaluate(images).softmax(dim=-1)
+        return self.evaluate(images, self.__dict__.get("_predict_net")).softmax(dim=-1)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse, with a clear message, a checkpoint whose layers do not fit this model (``--ckpt_path``)."""

@@ -73,7 +73,8 @@ def predict_probabilities(model: CIFAR10Classifier, images: Tensor, batch_size: 
     model.eval()
     try:
         device = next(model.parameters()).device
-        chunks = [model(chunk.to(device)).float().softmax(dim=-1).cpu() for chunk in images.split(batch_size)]
+        net = model.inference_net()
+        chunks = [model.evaluate(chunk.to(device), net).float().softmax(dim=-1).cpu() for chunk in images.split(batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(chunks)

@@ -83,7 +83,8 @@ def test_optimizer_is_nadam_with_keras_epsilon():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"lr": 0}, "lr must be greater than 0"), ({"dense_dropout": 1.0}, "dropout"),
-     ({"conv_dropout": (0.2, -0.1, 0.3)}, "dropout")],
+     ({"conv_dropout": (0.2, -0.1, 0.3)}, "dropout"), ({"momentum": 1.0}, "momentum must be in"),
+     ({"warmup_fraction": 0.0}, "warmup_fraction must be in"), ({"weight_decay": -1e-4}, "weight_decay must be")],
 )
 def test_nonsense_settings_are_rejected_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -101,3 +102,22 @@ def test_fast_cpu_elu_matches_torch_elu_in_value_and_gradient():
     torch.testing.assert_close(out, torch.nn.functional.elu(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(x2.grad, x1.grad, atol=1e-6, rtol=1e-6)
     assert torch.autograd.gradcheck(ExpELU(), (torch.randn(30, dtype=torch.float64, requires_grad=True),))
+
+
+def test_folded_inference_network_computes_the_same_logits_without_batchnorm():
+    torch.manual_seed(0)
+    model = CIFAR10Classifier().eval()
+    for module in model.net.modules():  # trained-looking statistics, not the identity of a fresh BatchNorm
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    folded = model.inference_net()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.allclose(model(images, folded), model(images), atol=1e-4)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -1,0 +1,120 @@
+"""The pieces of configs/fast.yaml: batched random crop, SGD with a per-step one-cycle schedule,
+flip test-time augmentation (Python API and ``--model.tta_flip`` with a checkpoint), and the
+config itself building the original network."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cifar_lightning import CIFAR10Classifier
+from cifar_lightning.augment import BatchRandomCrop
+from cifar_lightning.checkpoints import load_classifier
+from cifar_lightning.cli import cli_main
+from cifar_lightning.predict import predict_probabilities
+from cifar_lightning.sources import load_split
+from conftest import REPO, synthetic_images
+
+FAST = str(REPO / "configs" / "fast.yaml")
+
+
+def test_random_crop_is_a_whole_pixel_window_of_the_reflect_padded_image():
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    out = BatchRandomCrop(padding=4)(images, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images.float() / 255, (4, 4, 4, 4), mode="reflect")
+    offsets, flips = set(), 0
+    for image, source in zip(out, padded):
+        windows = {(top, left, flip): source[:, top:top + 32, left:left + 32]
+                   for top in range(9) for left in range(9) for flip in (False, True)}
+        matches = [key for key, window in windows.items() if torch.equal(image, window.flip(-1) if key[2] else window)]
+        assert matches, "an output image is not a crop (or mirrored crop) of the padded input"
+        top, left, flip = matches[0]
+        offsets.add((top, left))
+        flips += flip
+    assert {top for top, _ in offsets} == set(range(9)) and {left for _, left in offsets} == set(range(9))
+    assert 0.4 < flips / len(out) < 0.6
+
+
+def tiny_loader(n: int = 64, batch_size: int = 16) -> DataLoader:
+    images, labels = synthetic_images(n // 10 + 1)
+    images = torch.from_numpy(images[:n]).permute(0, 3, 1, 2).contiguous()
+    return DataLoader(TensorDataset(images, torch.from_numpy(labels[:n]).long()), batch_size=batch_size)
+
+
+class RecordLR(L.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_onecycle_steps_every_batch_from_warmup_to_peak_to_near_zero():
+    L.seed_everything(0)
+    model = CIFAR10Classifier(optimizer="sgd", lr=0.1, lr_schedule="onecycle", warmup_fraction=0.25,
+                              weight_decay=5e-4)
+    record = RecordLR()
+    trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[record])
+    trainer.fit(model, tiny_loader())  # 4 batches x 5 epochs = 20 steps
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    assert optimizer.defaults["weight_decay"] == 5e-4
+    lrs = record.lrs
+    assert len(lrs) == 20 and len(set(lrs)) == 20  # a new rate every step, not every epoch
+    assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs.index(max(lrs)) in (4, 5)  # peak after 25%
+    assert lrs[0] < 0.1 / 20 and lrs[-1] < 0.1 / 20
+
+
+def mirror_probabilities(model: CIFAR10Classifier, images: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return (model(images).softmax(-1) + model(images.flip(-1)).softmax(-1)) / 2
+
+
+def test_tta_flip_averages_the_probabilities_of_image_and_mirror_image():
+    torch.manual_seed(0)
+    model = CIFAR10Classifier(tta_flip=True).eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    expected = mirror_probabilities(model, images)
+    assert torch.allclose(predict_probabilities(model, images), expected, atol=1e-5)
+    plain = CIFAR10Classifier(tta_flip=False).eval()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(predict_probabilities(plain, images), expected, atol=1e-3)
+    symmetric = torch.cat([images[..., :16], images[..., :16].flip(-1)], dim=-1)  # its own mirror image
+    assert torch.allclose(predict_probabilities(model, symmetric), predict_probabilities(plain, symmetric), atol=1e-5)
+
+
+def test_tta_flip_from_the_command_line_applies_to_a_checkpoint_trained_without_it(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
+    cli_main(["predict", "--config", FAST, "--ckpt_path", trained.ckpt, "--model.tta_flip", "true",
+              "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false"])
+    with open(tmp_path / "predictions" / "predictions.csv", newline="") as file:
+        from_cli = [float(row["probability"]) for row in csv.DictReader(file)]
+    model = load_classifier(trained.ckpt)
+    assert not model.hparams.tta_flip
+    images = load_split(trained.data_dir, train=False, cache_dir=None).images  # the rows' order
+    with_tta = mirror_probabilities(model.eval(), images).max(-1).values
+    without = predict_probabilities(model, images).max(-1).values
+    assert len(from_cli) == len(images)
+    assert from_cli == pytest.approx(with_tta.tolist(), abs=1e-4)
+    assert not torch.allclose(with_tta, without, atol=1e-4)
+
+
+def test_fast_config_builds_the_original_network_with_the_fast_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
+    cli = cli_main(["--config", FAST, "--data.data_dir", str(tmp_path)], run=False)
+    model, data = cli.model, cli.datamodule
+    trainable = sum(p.numel() for p in model.net.parameters())
+    running_stats = sum(b.numel() for name, b in model.net.named_buffers() if name.endswith(("running_mean", "running_var")))
+    assert (trainable, trainable + running_stats) == (419_818, 420_842)
+    hp = model.hparams
+    assert (hp.optimizer, hp.lr_schedule, hp.tta_flip) == ("sgd", "onecycle", False)
+    assert data.hparams.augmentation == "crop" and isinstance(data.batch_augment, BatchRandomCrop)
+    assert cli.trainer.max_epochs <= 100
