@@ -1,6 +1,8 @@
 """A short training on the real CIFAR-10 images learns: validation accuracy well above chance."""
 
 import lightning as L
+import pytest
+import torch
 
 from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
 
@@ -17,3 +19,22 @@ def test_short_real_training_beats_chance_clearly(real_data, tmp_path):
     )
     trainer.fit(CIFAR10Classifier(), datamodule=datamodule)
     assert trainer.callback_metrics["val/acc"] > 0.30  # chance is 0.10
+
+
+SHIPPED = REPO / "checkpoints" / "cifar10_cnn.ckpt"
+
+
+def test_shipped_checkpoint_is_small_and_carries_no_optimizer_state():
+    checkpoint = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    assert SHIPPED.stat().st_size <= 2 * 1024 * 1024
+    assert "optimizer_states" not in checkpoint and "lr_schedulers" not in checkpoint
+    assert checkpoint["hyper_parameters"]["tta_flip"] is False
+
+
+def test_shipped_checkpoint_keeps_its_reported_test_accuracy(real_data):
+    """The README's number (0.8886 without TTA) through ``load_from_checkpoint`` and Lightning's test loop."""
+    model = CIFAR10Classifier.load_from_checkpoint(SHIPPED, map_location="cpu")
+    datamodule = CIFAR10DataModule(data_dir=str(real_data), cache_dir=str(REPO / ".cache/cifar_lightning"))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    accuracy = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"]
+    assert accuracy == pytest.approx(0.8886, abs=0.0005)
