@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -116,7 +117,7 @@ class CIFAR10Classifier(L.LightningModule):
         if not self.hparams.tta_flip:
             return self(images, net)
         both = self(torch.cat([images, images.flip(-1)]), net).log_softmax(dim=-1)
-        return torch.logsumexp(torch.stack(both.chunk(2)), dim=0) - torch.log(torch.tensor(2.0))
+        return torch.logsumexp(torch.stack(both.chunk(2)), dim=0) - math.log(2)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         """Loss, accuracy and their logging; returns the loss and the logits (callbacks reuse them)."""
@@ -186,7 +187,7 @@ class CIFAR10Classifier(L.LightningModule):
 
 
 def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, class_names,
-                   momentum=0.9, warmup_fraction=0.25, weight_decay=0.0) -> None:
+                   momentum, warmup_fraction, weight_decay) -> None:
     """Reject values that would train nonsense, naming the setting and its valid range."""
     problems = []
     if not 0 <= momentum < 1:
