@@ -32,9 +32,9 @@ def test_shipped_checkpoint_is_small_and_carries_no_optimizer_state():
 
 
 def test_shipped_checkpoint_keeps_its_reported_test_accuracy(real_data):
-    """The README's number (0.8886 without TTA) through ``load_from_checkpoint`` and Lightning's test loop."""
+    """The README's number (0.8915 without TTA) through ``load_from_checkpoint`` and Lightning's test loop."""
     model = CIFAR10Classifier.load_from_checkpoint(SHIPPED, map_location="cpu")
     datamodule = CIFAR10DataModule(data_dir=str(real_data), cache_dir=str(REPO / ".cache/cifar_lightning"))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     accuracy = trainer.test(model, datamodule=datamodule, verbose=False)[0]["test/acc"]
-    assert accuracy == pytest.approx(0.8886, abs=0.0005)
+    assert accuracy == pytest.approx(0.8915, abs=0.0005)
