@@ -10,7 +10,8 @@
 - Reliability (docs/reliability.md): the checkpoint and log folders are checked before any work;
   an interrupted ``fit`` saves ``last.ckpt`` and says how to resume; checkpoints are written
   atomically and carry the random generators' states; ``main`` turns a ``UserInputError`` into
-  one message on stderr and exit status 2.
+  one message on stderr and exit status 2; after a distributed run it closes the process group
+  so the process exits cleanly.
 """
 
 from __future__ import annotations
@@ -196,3 +197,9 @@ def main(args: list[str] | None = None) -> None:
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    # Lightning's DDP leaves the process group alive. Left to interpreter shutdown, gloo's worker
+    # threads can abort the process (SIGABRT, "terminate called without an active exception") after
+    # all work is done, so close it here, on success only: after an error another rank may still be
+    # in a collective, and destroying the group would wait for it.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

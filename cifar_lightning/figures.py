@@ -74,9 +74,10 @@ def predictions_figure(images: Tensor, probabilities: Tensor, labels: Tensor, cl
 
 def curves_figure(scalars: dict[str, tuple[list[int], list[float]]], best_epoch: int | None,
                   checkpoint_epoch: int | None = None) -> Figure:
-    """Loss and accuracy per epoch, train and validation, with the best (restored) epoch marked.
+    """Loss and accuracy per epoch, train and validation, with the best epoch and the checkpoint's marked.
 
-    ``scalars`` maps tags such as ``train/loss`` to (epochs, values).
+    ``scalars`` maps tags such as ``train/loss`` to (epochs, values). The best epoch is only called
+    the checkpoint when it is one (``configs/base.yaml`` keeps the best; ``fast.yaml`` the last).
     """
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "acc")):
@@ -85,8 +86,9 @@ def curves_figure(scalars: dict[str, tuple[list[int], list[float]]], best_epoch:
                 epochs, values = scalars[f"{stage}/{metric}"]
                 ax.plot(epochs, values, marker="." if len(epochs) < 30 else None, label=label)
         if best_epoch is not None:
+            kept = ", this checkpoint" if checkpoint_epoch == best_epoch else ""
             ax.axvline(best_epoch, color="tab:gray", linestyle="--",
-                       label=f"best val/acc, restored (epoch {best_epoch})")
+                       label=f"best val/acc{kept} (epoch {best_epoch})")
         if checkpoint_epoch is not None and checkpoint_epoch != best_epoch:
             ax.axvline(checkpoint_epoch, color="tab:purple", linestyle=":",
                        label=f"this checkpoint (epoch {checkpoint_epoch})")

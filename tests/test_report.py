@@ -7,6 +7,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lightning.errors import UserInputError
+from cifar_lightning.figures import curves_figure
 from cifar_lightning.report import best_epoch, find_run_dir, read_curves
 from cifar_lightning.sources import CIFAR10_CLASSES
 from conftest import EPOCHS
@@ -22,6 +23,17 @@ def test_curves_are_the_scalars_of_the_event_file(trained):
     assert values == pytest.approx(trained.val_acc)  # what the trainer logged each epoch
     assert set(curves) == {"train/loss", "val/loss", "train/acc", "val/acc"}
     assert best_epoch(curves) == max(range(EPOCHS), key=trained.val_acc.__getitem__)
+
+
+@pytest.mark.parametrize(("checkpoint_epoch", "expected"), [
+    (2, ["best val/acc, this checkpoint (epoch 2)"]),  # base.yaml: the best epoch is what it keeps
+    (3, ["best val/acc (epoch 2)", "this checkpoint (epoch 3)"]),  # fast.yaml: the last is kept
+])
+def test_curves_legend_calls_the_best_epoch_the_checkpoint_only_when_it_is(checkpoint_epoch, expected):
+    scalars = {"val/acc": ([0, 1, 2, 3], [0.5, 0.6, 0.8, 0.7])}
+    figure = curves_figure(scalars, best_epoch(scalars), checkpoint_epoch)
+    legend = [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+    assert legend == ["validation", *expected]
 
 
 def test_tensorboard_figures_are_logged(trained):
