@@ -38,7 +38,7 @@ class BatchAugment(nn.Module):
         horizontal_flip: Flip half of the images left-right.
     """
 
-    def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.1, horizontal_flip: bool = True):
+    def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.08, horizontal_flip: bool = True):
         super().__init__()
         self.rotation_degrees = rotation_degrees
         self.shift_fraction = shift_fraction
@@ -115,7 +115,7 @@ class KerasRandomAffine(nn.Module):
     'nearest' fill; the padding is wide enough that no sample ever falls outside it.
     """
 
-    def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.1):
+    def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.08):
         super().__init__()
         self.rotation_degrees = rotation_degrees
         self.shift_fraction = shift_fraction

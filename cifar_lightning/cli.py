@@ -1,7 +1,7 @@
 """``python -m cifar_lightning {fit,validate,test,predict,report}``: LightningCLI with a few additions.
 
-- Precision is picked from the hardware when the config leaves it unset: bf16 (or fp16)
-  mixed precision on a GPU, full precision on a CPU, so one YAML serves both.
+- Precision is picked from the hardware when the config leaves it unset (``precision.py``), and
+  one line at the start says which, why, and how to override it.
 - ``fit`` ends by testing the best checkpoint, like Keras' ``restore_best_weights`` followed by
   ``model.evaluate`` on the test set.
 - ``--ckpt_path`` is checked first, so a missing or foreign file is a clear ``CheckpointError``.
@@ -27,6 +27,7 @@ from jsonargparse import auto_cli
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cifar_lightning.callbacks import RNGStateCheckpoint
@@ -36,6 +37,7 @@ from cifar_lightning.ckpt_checks import check_class_count, check_writable
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
+from cifar_lightning.precision import auto_precision, uses_cuda
 from cifar_lightning.prediction_writer import CSVPredictionWriter
 from cifar_lightning.report import make_report
 
@@ -45,17 +47,6 @@ RUNTIME_SWITCHES = ("tta_flip", "channels_last", "compile")
 
 # ckpt_path values Lightning resolves itself rather than reading a file.
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
-
-
-def uses_cuda(accelerator: object) -> bool:
-    return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def auto_precision(accelerator: object) -> str:
-    """Mixed precision where a CUDA GPU will be used, full precision otherwise."""
-    if uses_cuda(accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 class CIFAR10CLI(LightningCLI):
@@ -93,7 +84,9 @@ class CIFAR10CLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
         if trainer.precision is None:
-            trainer.precision = auto_precision(trainer.accelerator)
+            trainer.precision, why = auto_precision(trainer.accelerator)
+            rank_zero_info(f"Precision {trainer.precision}: {why}. Override with --trainer.precision "
+                           f"({'32-true' if trainer.precision != '32-true' else 'bf16-mixed'}, for example).")
         if uses_cuda(trainer.accelerator):
             # Fixed input shapes: let cuDNN pick the fastest kernels, unless bitwise determinism was asked for.
             if trainer.benchmark is None and not trainer.deterministic:

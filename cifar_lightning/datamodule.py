@@ -1,9 +1,10 @@
-"""CIFAR-10 as a LightningDataModule: in-memory uint8 tensors, a seeded stratified hold-out,
+"""CIFAR-10 as a LightningDataModule: in-memory uint8 tensors, the original's hold-out,
 and Keras-style augmentation either batched on the training device or per image."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -16,7 +17,7 @@ from torchvision.datasets import CIFAR10
 from cifar_lightning.augment import BatchAugment, BatchRandomCrop, per_image_transform
 from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.image_files import read_predict_folder
-from cifar_lightning.sources import CIFAR10_CLASSES, Split, load_split
+from cifar_lightning.sources import CIFAR10_CLASSES, Split, find_layout, load_split
 
 
 class InMemoryImages(Dataset):
@@ -63,22 +64,18 @@ def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-def stratified_split(labels: Tensor, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Seeded (train_indices, val_indices) with every class equally represented in validation (within one).
+def holdout_split(num_images: int, val_size: int, seed: int, source_order: bool) -> tuple[Tensor, Tensor]:
+    """(train_indices, val_indices): the original's hold-out where the source keeps its order.
 
-    Images are shuffled, ranked within their class, and taken in order of rank, so the first
-    ``val_size`` cycle through the classes.
+    ``source_order``: the images are in torchvision's file order, so the first ``val_size`` are held
+    out, as the original did (10,000: exactly ``data_batch_1``, itself a random draw). Image folders
+    have lost that order, so a seeded random ``val_size`` is held out, kept in that random order so
+    that any prefix of the validation split (``limit_val_batches``) is a fair sample of every class.
     """
-    generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(labels), generator=generator)
-    shuffled = labels[perm]
-    by_class = torch.argsort(shuffled, stable=True)
-    counts = torch.bincount(shuffled)
-    class_start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(perm)
-    rank[by_class] = torch.arange(len(labels)) - class_start[shuffled[by_class]]
-    order = perm[torch.argsort(rank * len(counts) + shuffled, stable=True)]
-    return order[val_size:].sort().values, order[:val_size].sort().values
+    if source_order:
+        return torch.arange(val_size, num_images), torch.arange(val_size)
+    perm = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size]
 
 
 class CIFAR10DataModule(L.LightningDataModule):
@@ -95,15 +92,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: Batch size for validation, test and predict; ``None`` picks 1024 on a GPU and
             128 on a CPU, where larger batches fall out of cache (measured on 2 cores: ~1,500
             images/s at 128 against ~950 at 256 and ~750 at 512).
-        val_size: Training images held out, stratified by class, for early stopping and checkpoints.
-        seed: Seed of the hold-out split (independent of the training seed).
+        val_size: Training images held out for early stopping and checkpoints (the original: 10,000,
+            the first ones of torchvision's files; from image folders a seeded random sample).
+        seed: Seed of the random hold-out from image folders (independent of the training seed).
         augmentation: ``batched`` (one affine grid per batch on the training device), ``per_image``
             (torchvision ops in the loader workers, the reference), ``crop`` (random crop after
             ``crop_padding`` pixels of reflect padding, and the flip: not the original's, used by
             ``configs/fast.yaml``) or ``none``.
         crop_padding: Largest whole-pixel shift of the ``crop`` augmentation.
         rotation_degrees: Keras ``rotation_range``.
-        shift_fraction: Keras ``width_shift_range`` and ``height_shift_range``.
+        shift_fraction: Keras ``width_shift_range`` and ``height_shift_range`` (the original: 0.08).
         horizontal_flip: Keras ``horizontal_flip``.
         num_workers: Loader worker processes; ``None`` picks 0 for in-memory batches and the CPU
             count for the per-image path.
@@ -119,12 +117,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         download: bool = False,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        val_size: int = 5000,
+        val_size: int = 10000,
         seed: int = 0,
         augmentation: Literal["batched", "per_image", "crop", "none"] = "batched",
         crop_padding: int = 4,
         rotation_degrees: float = 17.0,
-        shift_fraction: float = 0.1,
+        shift_fraction: float = 0.08,
         horizontal_flip: bool = True,
         num_workers: int | None = None,
         pin_memory: bool = True,
@@ -167,9 +165,10 @@ class CIFAR10DataModule(L.LightningDataModule):
             if hp.val_size >= len(full.labels):
                 raise DataSourceError(
                     f"val_size={hp.val_size} leaves no training images: the training split has "
-                    f"{len(full.labels)}. Choose a val_size below that (the original recipe uses 5000)."
+                    f"{len(full.labels)}. Choose a val_size below that (the original recipe holds out 10000)."
                 )
-            train_idx, val_idx = stratified_split(full.labels, hp.val_size, hp.seed)
+            source_order = find_layout(Path(hp.data_dir).expanduser().resolve()) == "torchvision"
+            train_idx, val_idx = holdout_split(len(full.labels), hp.val_size, hp.seed, source_order)
             transform = None
             if hp.augmentation == "per_image":
                 transform = per_image_transform(hp.rotation_degrees, hp.shift_fraction, hp.horizontal_flip)
