@@ -16,14 +16,17 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import auto_cli
+from jsonargparse import ArgumentParser, auto_cli
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -39,7 +42,6 @@ from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.precision import auto_precision, uses_cuda
 from cifar_lightning.prediction_writer import CSVPredictionWriter
-from cifar_lightning.report import make_report
 
 # Model settings that change how a model runs, not what it computes from its weights: with
 # --ckpt_path they come from the command and config, not from the checkpoint's hyperparameters.
@@ -49,11 +51,56 @@ RUNTIME_SWITCHES = ("tta_flip", "channels_last", "compile")
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
 
 
+DESCRIPTION = (
+    "cifar-lightning: train, evaluate and use a PyTorch Lightning reimplementation of a classic Keras "
+    "CIFAR-10 CNN (420,842 parameters). Start with: fit --config configs/base.yaml --data.data_dir DIR. "
+    "SUBCOMMAND --help lists a subcommand's options."
+)
+
+# The subcommands in --help, in whole sentences (Lightning shows the first line of Trainer's docstrings).
+SUBCOMMANDS = {
+    "fit": "Train a model (configs/base.yaml: the original recipe; configs/fast.yaml: a faster one), "
+           "then test its best or final checkpoint.",
+    "validate": "Score a checkpoint (--ckpt_path) on the images held out from training.",
+    "test": "Score a checkpoint (--ckpt_path) on the 10,000 test images.",
+    "predict": "Classify the test split, or a folder of any images (--data.predict_dir), into a CSV file.",
+}
+# Subcommands that are plain functions rather than Trainer methods: name -> (module, function, help).
+FUNCTION_SUBCOMMANDS = {
+    "report": ("cifar_lightning.report", "make_report",
+               "Draw a trained model's pictures: examples, training curves, predictions, confusion matrix."),
+    "export": ("cifar_lightning.export", "export_onnx",
+               "Write a checkpoint as an ONNX file: uint8 images in, class probabilities out (docs/deploy.md)."),
+    "serve": ("cifar_lightning.serve", "serve",
+              "Serve a checkpoint over HTTP with LitServe: POST /predict, a web page at /, /health (docs/deploy.md)."),
+}
+
+
+def program_name() -> str:
+    """What the user typed to run us: ``python -m cifar_lightning`` or the console script's name."""
+    name = Path(sys.argv[0]).name
+    return "python -m cifar_lightning" if name == "__main__.py" else name
+
+
 class CIFAR10CLI(LightningCLI):
     def __init__(self, *cli_args: Any, args: Any = None, **kwargs: Any) -> None:
         # The command as typed, to print the resume command after an interruption.
         self.argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else None
+        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION, "prog": program_name()})
         super().__init__(*cli_args, args=args, **kwargs)
+
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+        """Lightning's subcommands with descriptions in whole sentences, and the function subcommands
+        (``main`` runs those before LightningCLI; they are here so that --help lists them all)."""
+        self._subcommand_parsers = {}
+        subcommands = parser.add_subcommands(title="subcommands", metavar="SUBCOMMAND")
+        for name, description in SUBCOMMANDS.items():
+            subparser = self._prepare_subcommand_parser(self.trainer_class, name, description=description,
+                                                        **kwargs.get(name, {}))
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=description)
+        for name, (module, function, description) in FUNCTION_SUBCOMMANDS.items():
+            subcommands.add_subcommand(name, ArgumentParser(description=description), help=description)
 
     def parse_arguments(self, parser, args) -> None:
         """Check ``--ckpt_path`` before Lightning reads hyperparameters from it (a traceback on a wrong file)."""
@@ -75,14 +122,11 @@ class CIFAR10CLI(LightningCLI):
             if value is not None:
                 self.config[subcommand].model[name] = value
 
-    def before_predict(self) -> None:
-        """Predictions go to a CSV even when the config adds no prediction writer."""
-        if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
-            self.trainer.callbacks.append(CSVPredictionWriter())
-
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        if self.subcommand == "predict":
+            trainer.logger = False  # predict logs nothing: no empty version_N folder per prediction
         if trainer.precision is None:
             trainer.precision, why = auto_precision(trainer.accelerator)
             rank_zero_info(f"Precision {trainer.precision}: {why}. Override with --trainer.precision "
@@ -114,8 +158,23 @@ class CIFAR10CLI(LightningCLI):
         explicit = ckpt_path and str(ckpt_path).split(":")[0] not in SPECIAL_CKPT_PATHS
         source = f"taken from the checkpoint {ckpt_path}" if explicit else "model.class_names"
         check_class_count(len(self.model.class_names), len(self.datamodule.classes), source)
+        self.load_data()
 
     before_test = before_validate
+
+    def before_predict(self) -> None:
+        """Predictions go to a CSV even when the config adds no prediction writer."""
+        if not any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(CSVPredictionWriter())
+        self.load_data()
+
+    def load_data(self) -> None:
+        """Download and decode before Lightning creates the run's log folder, so that bad data is an
+        error with no empty ``version_N`` left behind. In a multi-process run the launching process
+        does it first (other ranks start later, inside ``trainer.fit``) and they find it done."""
+        stage = "fit" if self.subcommand == "fit" else self.subcommand
+        self.datamodule.prepare_data()
+        self.datamodule.setup(stage)
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
@@ -164,14 +223,40 @@ class CIFAR10CLI(LightningCLI):
             print(f"Test accuracy of the {where}: {results[0]['test/acc']:.4f}")
 
 
+class DropMessages(logging.Filter):
+    """Drops log records that start with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_lightning() -> None:
+    """Silence, by their exact text, messages of Lightning's that a user of this CLI cannot act on:
+    an advert for a cloud logger; a deprecation inside Lightning's own code (``LeafSpec``, torch
+    2.10+); the model summary's note that it sizes bf16-mixed models as fp32. Nothing else."""
+    advert = DropMessages("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(advert)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | dict:
     """The CLI; ``run=False`` only builds trainer, model and data module from the config (for scripts).
 
     Errors in what the user gave propagate as ``UserInputError``; ``main`` turns them into a message.
     """
+    quiet_lightning()
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["report"]:
-        return auto_cli(make_report, args=argv[1:], as_positional=False)
+    if argv[:1] and argv[0] in FUNCTION_SUBCOMMANDS:
+        module, function, description = FUNCTION_SUBCOMMANDS[argv[0]]
+        run_function = getattr(importlib.import_module(module), function)
+        return auto_cli(run_function, args=argv[1:], as_positional=False,
+                        prog=f"{program_name()} {argv[0]}", description=description)
     return CIFAR10CLI(
         CIFAR10Classifier,
         CIFAR10DataModule,

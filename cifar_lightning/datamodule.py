@@ -9,15 +9,13 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import CIFAR10
 
 from cifar_lightning.augment import BatchAugment, BatchRandomCrop, per_image_transform
 from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.image_files import read_predict_folder
-from cifar_lightning.sources import CIFAR10_CLASSES, Split, find_layout, load_split
+from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, find_layout, load_split
 
 
 class InMemoryImages(Dataset):
@@ -87,7 +85,8 @@ class CIFAR10DataModule(L.LightningDataModule):
     Args:
         data_dir: Folder holding ``cifar-10-batches-py/`` (torchvision) or ``train/<class>/`` and
             ``test/<class>/`` image folders.
-        download: Fetch torchvision's files into ``data_dir`` when they are missing (needs internet).
+        download: Fetch torchvision's files into ``data_dir`` (about 170 MB, checked by MD5) when
+            neither layout is found there; ``false`` only reads what is there.
         batch_size: Training batch size (the original: 64).
         eval_batch_size: Batch size for validation, test and predict; ``None`` picks 1024 on a GPU and
             128 on a CPU, where larger batches fall out of cache (measured on 2 cores: ~1,500
@@ -114,7 +113,7 @@ class CIFAR10DataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        download: bool = False,
+        download: bool = True,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         val_size: int = 10000,
@@ -153,10 +152,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.skipped_files: list[str] = []  # predict_dir files that were not readable images
 
     def prepare_data(self) -> None:
-        """Only downloads: Lightning calls this on one process per node."""
+        """Only downloads, where neither layout is present: Lightning calls this on one process per node."""
         if self.hparams.download:
-            for train in (True, False):
-                CIFAR10(self.hparams.data_dir, train=train, download=True)
+            download_if_missing(Path(self.hparams.data_dir).expanduser())
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -176,7 +174,12 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.val_set = InMemoryImages(Split(full.images[val_idx], full.labels[val_idx]))
         if stage == "test" or (stage == "predict" and hp.predict_dir is None):
             if self.test_set is None:
-                self.test_set = InMemoryImages(load_split(hp.data_dir, train=False, cache_dir=hp.cache_dir))
+                test = load_split(hp.data_dir, train=False, cache_dir=hp.cache_dir)
+                # Image folders list the test split class by class, so a prefix (limit_test_batches) would
+                # hold a few classes only: a fixed random order makes any prefix a fair sample, and the
+                # whole split scores the same. ``test_index`` keeps each image's index in the source.
+                self.test_index = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))
+                self.test_set = InMemoryImages(Split(test.images[self.test_index], test.labels[self.test_index]))
         if stage == "predict" and self.predict_set is None:
             self.predict_set = self._predict_set()
 
@@ -184,19 +187,15 @@ class CIFAR10DataModule(L.LightningDataModule):
         """The test split named by index, or the decoded ``predict_dir`` named by file path."""
         if self.hparams.predict_dir is None:
             split = Split(self.test_set.images, self.test_set.labels)
-            return NamedImages(split, [str(i) for i in range(len(split.labels))])
+            return NamedImages(split, [str(i) for i in self.test_index.tolist()])
         folder = read_predict_folder(self.hparams.predict_dir, self.classes)
         self.skipped_files = folder.skipped
-        if folder.skipped:
-            rank_zero_warn(
-                f"Skipped {len(folder.skipped)} file(s) in {self.hparams.predict_dir} that are not readable images:\n  "
-                + "\n  ".join(folder.skipped)
-            )
         return NamedImages(Split(folder.images, folder.labels), folder.paths)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """Batched augmentation runs here, after the copy, so it runs on the GPU when training there."""
-        if self.trainer is not None and self.trainer.training and self.hparams.augmentation in ("batched", "crop"):
+        training = self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list))
+        if training and self.hparams.augmentation in ("batched", "crop"):
             images, labels = batch
             return self.batch_augment(images), labels
         return batch

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from cifar_lightning.errors import DataSourceError
-from cifar_lightning.sources import IMAGE_SIZE
+from cifar_lightning.sources import DECODE_ERRORS, IMAGE_SIZE
 
-# What Pillow raises for truncated, corrupt or non-image files.
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,9 @@ class Prediction:
         return sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)[:k]
 
 
-def to_batch(images: Tensor | Sequence[ImageInput]) -> Tensor:
-    """Paths / Pillow images -> uint8 (N, 3, 32, 32); a tensor batch is checked and resized if needed."""
+def to_batch(images: Tensor | Sequence[ImageInput | Tensor]) -> Tensor:
+    """Paths, Pillow images or (3, H, W) tensors -> one (N, 3, 32, 32) batch; a batch tensor is checked
+    and resized if needed. uint8 stays uint8; float (in [0, 1]) anywhere makes the batch float."""
     if isinstance(images, Tensor):
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         if batch.dim() != 4 or batch.shape[1] != 3:
@@ -52,15 +53,32 @@ def to_batch(images: Tensor | Sequence[ImageInput]) -> Tensor:
         return batch
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
-    tensors = []
-    for image in images:
-        try:
-            tensors.append(image_to_tensor(image) if isinstance(image, Image.Image) else read_image(image))
-        except DECODE_ERRORS as error:
-            raise DataSourceError(f"{image} is not a readable image ({type(error).__name__}: {error}).") from None
+    if not isinstance(images, Sequence):
+        raise ValueError(f"Cannot predict a {type(images).__name__}: {ACCEPTED}.")
+    tensors = [one_image(image) for image in images]
     if not tensors:
         raise ValueError("No images given.")
+    if any(t.dtype != torch.uint8 for t in tensors):
+        tensors = [to_unit_float(t).float() for t in tensors]
     return torch.stack(tensors)
+
+
+ACCEPTED = ("predict_images takes image file paths, Pillow images, (3, H, W) tensors, a list of any of "
+            "these, or one (B, 3, H, W) tensor; tensors uint8 in [0, 255] or float in [0, 1]")
+
+
+def one_image(image: ImageInput | Tensor) -> Tensor:
+    """One image -> (3, 32, 32), uint8 from files and Pillow, a tensor's own dtype otherwise."""
+    if isinstance(image, Tensor):
+        if image.dim() != 3:
+            raise ValueError(f"Expected each image tensor in a list to be (3, H, W), got {tuple(image.shape)}.")
+        return to_batch(image)[0]
+    if not isinstance(image, (str, os.PathLike, Image.Image)):
+        raise ValueError(f"Cannot predict a {type(image).__name__}: {ACCEPTED}.")
+    try:
+        return image_to_tensor(image) if isinstance(image, Image.Image) else read_image(image)
+    except DECODE_ERRORS as error:
+        raise DataSourceError(f"{image} is not a readable image ({type(error).__name__}: {error}).") from None
 
 
 @torch.inference_mode()
@@ -91,7 +109,8 @@ def predict_images(
     Args:
         model: A trained classifier, e.g. from ``load_classifier(path)``.
         images: Image file paths or Pillow images (any size or colour mode: converted to RGB and
-            resized to 32x32), or a tensor (B, 3, H, W) / (3, H, W), uint8 in [0, 255] or float in [0, 1].
+            resized to 32x32), (3, H, W) tensors, a list of any of these, or one (B, 3, H, W)
+            tensor; tensors uint8 in [0, 255] or float in [0, 1].
         batch_size: Images per forward pass.
         device: Move the model there first (``"cuda"``, ``"cpu"``); ``None`` keeps it where it is.
     """

@@ -58,6 +58,7 @@ class CSVPredictionWriter(BasePredictionWriter):
             self.rows.append([image, *top, names[label] if known else "", int(c[0] == label) if known else ""])
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.summary = ""
         rows = self.rows
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             gathered: list[list[list[Any]]] = [[] for _ in range(trainer.world_size)]
@@ -78,4 +79,10 @@ class CSVPredictionWriter(BasePredictionWriter):
         skipped = getattr(trainer.datamodule, "skipped_files", None) if trainer.datamodule else None
         if skipped:
             message += f"\nSkipped {len(skipped)} file(s) that are not readable images:\n  " + "\n  ".join(skipped)
-        print(message)
+        self.summary = message
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """The summary, printed here rather than in ``on_predict_end``: after the progress bar is closed."""
+        if stage == "predict" and getattr(self, "summary", ""):
+            print(self.summary)
+            self.summary = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchvision.datasets import CIFAR10
+from tqdm import tqdm
 
 from cifar_lightning.checkpoint_io import save_atomically
 from cifar_lightning.errors import DataSourceError
@@ -25,7 +28,8 @@ CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 IMAGE_SIZE = 32
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+# What Pillow raises for truncated, corrupt or non-image files.
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 TORCHVISION_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
 
 
@@ -41,11 +45,37 @@ def describe_layouts(data_dir: Path) -> str:
     return (
         f"Expected CIFAR-10 in {data_dir} in one of two layouts:\n"
         f"  1. torchvision's files: {data_dir / TORCHVISION_FOLDER}/ "
-        "(pass --data.download true to fetch them, about 170 MB)\n"
+        "(--data.download true, the default, fetches them where neither layout is found)\n"
         f"  2. image folders: {data_dir}/train/<class>/*.png and {data_dir}/test/<class>/*.png "
         f"with the classes {', '.join(CIFAR10_CLASSES)}.\n"
         "Point --data.data_dir at the folder that holds them."
     )
+
+
+def download_if_missing(data_dir: Path) -> None:
+    """torchvision's download into ``data_dir`` where neither layout is there.
+
+    A failed download (offline, say) is one clear ``DataSourceError``, and whatever the attempt
+    created (the folder itself, a partial archive) is removed, so the next run sees what it saw before.
+    """
+    if (data_dir / TORCHVISION_FOLDER).is_dir() or ((data_dir / "train").is_dir() and (data_dir / "test").is_dir()):
+        return
+    existed = set(data_dir.iterdir()) if data_dir.is_dir() else None
+    try:
+        for train in (True, False):
+            CIFAR10(str(data_dir), train=train, download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad MD5 is a RuntimeError
+        if existed is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        elif data_dir.is_dir():
+            for path in set(data_dir.iterdir()) - existed:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        reason = getattr(error, "reason", None) or error
+        raise DataSourceError(
+            f"Could not download CIFAR-10 into {data_dir} ({type(error).__name__}: {reason}). Without internet "
+            f"access, put the data there yourself (torchvision's {TORCHVISION_FOLDER}/ or train/<class>/ and "
+            "test/<class>/ image folders), or point --data.data_dir at a folder that holds it."
+        ) from None
 
 
 def find_layout(data_dir: Path) -> str:
@@ -70,11 +100,12 @@ def load_split(data_dir: str | os.PathLike, train: bool, cache_dir: str | os.Pat
         cache_file = Path(cache_dir) / f"cifar10-{split}-{source_key(data_dir, layout, files)}.pt"
         if cache_file.is_file():
             cached = torch.load(cache_file, weights_only=True)
+            rank_zero_info(f"CIFAR-10 {split} split: {len(cached['labels'])} images from the decode cache {cache_file}")
             return Split(cached["images"], cached["labels"])
     if layout == "torchvision":
         split_data = read_torchvision(data_dir, train)
     else:
-        split_data = read_image_folder(files)
+        split_data = read_image_folder(files, description=f"Decoding the {split} images of {data_dir}")
     if cache_file is not None:
         save_atomically({"images": split_data.images, "labels": split_data.labels}, cache_file)
     return split_data
@@ -129,15 +160,17 @@ def list_image_files(split_dir: Path) -> list[tuple[Path, int]]:
     return files
 
 
-def read_image_folder(files: list[tuple[Path, int]]) -> Split:
-    """Decode every file; fail once, naming every file that is not a 32x32 image."""
+def read_image_folder(files: list[tuple[Path, int]], description: str = "Decoding images") -> Split:
+    """Decode every file, with a progress bar (tqdm, as Lightning's); fail once, naming every file
+    that is not a 32x32 image."""
     images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     bad = []
-    for i, (path, _) in enumerate(files):
+    progress = tqdm(files, desc=description, unit=" images", leave=False, disable=rank_zero_only.rank != 0)
+    for i, (path, _) in enumerate(progress):
         try:
             with Image.open(path) as image:
                 array = np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except DECODE_ERRORS as error:
             bad.append(f"{path} ({type(error).__name__}: {error})")
             continue
         if array.shape != images.shape[1:]:

@@ -61,7 +61,7 @@ class TensorBoardFigures(L.Callback):
         if writer is None or self.images is None:
             return
         with torch.no_grad():
-            probabilities = pl_module(self.images.to(pl_module.device)).float().softmax(dim=-1)
+            probabilities = pl_module.evaluate(self.images.to(pl_module.device)).float().softmax(dim=-1)
         fig = predictions_figure(self.images, probabilities.cpu(), self.labels, pl_module.class_names,
                                  self.columns, title=f"Validation, epoch {trainer.current_epoch}")
         writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
