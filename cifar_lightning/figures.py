@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
@@ -23,19 +24,33 @@ def _show(ax, image: Tensor) -> None:
     ax.set_yticks([])
 
 
-def class_examples_figure(images: Tensor, labels: Tensor, class_names: Sequence[str], per_class: int = 10) -> Figure:
-    """One row per class, its first ``per_class`` images, the class name at the left of the row."""
+def sample_per_class(labels: Tensor, num_classes: int, per_class: int, seed: int = 0) -> list[Tensor]:
+    """For each class, ``per_class`` indices of its images drawn at random (seeded), without repeats.
+
+    A random draw, not the first files: folders are sorted by name, and CIFAR-10's file names
+    cluster look-alikes (the first trucks are fire engines, the first dogs spaniels).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    picks = []
+    for label in range(num_classes):
+        members = (labels.cpu() == label).nonzero().flatten()
+        picks.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return picks
+
+
+def class_examples_figure(images: Tensor, labels: Tensor, class_names: Sequence[str], per_class: int = 10,
+                          seed: int = 0) -> Figure:
+    """One row per class, ``per_class`` of its images drawn with ``seed``, the class name at the left of the row."""
     fig = Figure(figsize=(per_class * 0.9, len(class_names) * 0.95), layout="constrained")
     axes = fig.subplots(len(class_names), per_class, squeeze=False)
-    for row, name in enumerate(class_names):
-        picks = (labels == row).nonzero().flatten()[:per_class]
+    for row, (name, picks) in enumerate(zip(class_names, sample_per_class(labels, len(class_names), per_class, seed))):
         for col, ax in enumerate(axes[row]):
             if col < len(picks):
                 _show(ax, images[picks[col]])
             else:
                 ax.axis("off")
         axes[row][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
-    fig.suptitle("Example images of every class")
+    fig.suptitle(f"Example images of every class (a random {per_class} per class, seed {seed})")
     return fig
 
 
@@ -72,15 +87,36 @@ def predictions_figure(images: Tensor, probabilities: Tensor, labels: Tensor, cl
     return fig
 
 
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Whole-number epoch ticks, also for a run of one or two epochs (matplotlib's default view of a
+    single point is +-0.055 around it, ticked in fractions)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if epochs and max(epochs) - min(epochs) < 2:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+
+
+def _legend_below(fig: Figure, axes) -> None:
+    """One legend for all ``axes``, under them, so it never hides a curve (constrained layout makes room)."""
+    entries = {}
+    for ax in sorted(axes, key=lambda ax: -len(ax.get_legend_handles_labels()[1])):  # the fullest sets the order
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=min(len(entries), 4),
+               frameon=False)
+
+
 def curves_figure(scalars: dict[str, tuple[list[int], list[float]]], best_epoch: int | None,
                   checkpoint_epoch: int | None = None) -> Figure:
     """Loss and accuracy per epoch, train and validation, with the best epoch and the checkpoint's marked.
 
     ``scalars`` maps tags such as ``train/loss`` to (epochs, values). The best epoch is only called
     the checkpoint when it is one (``configs/base.yaml`` keeps the best; ``fast.yaml`` the last).
+    Epochs are Lightning's, counted from 0 (the numbers in checkpoint file names).
     """
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    for ax, metric in zip(fig.subplots(1, 2), ("loss", "acc")):
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    all_epochs = sorted({epoch for epochs, _ in scalars.values() for epoch in epochs})
+    for ax, metric in zip(axes, ("loss", "acc")):
         for stage, label in (("train", "train"), ("val", "validation")):
             if f"{stage}/{metric}" in scalars:
                 epochs, values = scalars[f"{stage}/{metric}"]
@@ -92,10 +128,43 @@ def curves_figure(scalars: dict[str, tuple[list[int], list[float]]], best_epoch:
         if checkpoint_epoch is not None and checkpoint_epoch != best_epoch:
             ax.axvline(checkpoint_epoch, color="tab:purple", linestyle=":",
                        label=f"this checkpoint (epoch {checkpoint_epoch})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set(xlabel="epoch", ylabel=metric, title={"loss": "Loss (cross-entropy)", "acc": "Accuracy"}[metric])
+        _epoch_axis(ax, all_epochs)
+        ax.set(xlabel="epoch (Lightning's, from 0)", ylabel=metric,
+               title={"loss": "Loss (cross-entropy)", "acc": "Accuracy"}[metric])
         ax.grid(alpha=0.3)
-        ax.legend()
+    _legend_below(fig, axes)
+    return fig
+
+
+def best_point(epochs: Sequence[int], values: Sequence[float]) -> tuple[int, float]:
+    """(epoch, value) of the first highest value: the epoch early stopping and ModelCheckpoint keep."""
+    i = max(range(len(values)), key=values.__getitem__)
+    return epochs[i], values[i]
+
+
+def validation_comparison_figure(curves: dict[str, tuple[Sequence[int], Sequence[float]]],
+                                 title: str = "Validation accuracy per epoch",
+                                 notes: dict[str, str] | None = None) -> Figure:
+    """Validation-accuracy curves of several runs on one axis, each run's best epoch marked.
+
+    ``curves`` maps a legend label to (epochs, val accuracies); the caller numbers the epochs
+    alike for every run (the report uses Keras' numbering, from 1). ``notes`` adds words to a
+    run's best-epoch label.
+    """
+    fig = Figure(figsize=(10, 5.2), layout="constrained")
+    ax = fig.subplots()
+    all_epochs = []
+    for (label, (epochs, values)), colour in zip(curves.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        epoch, value = best_point(epochs, values)
+        ax.plot(epochs, values, color=colour, marker="." if len(epochs) < 30 else None, linewidth=1.2, label=label)
+        ax.plot([epoch], [value], color=colour, marker="*", markersize=14, markeredgecolor="black", linestyle="none",
+                label=f"best: {value:.4f} at epoch {epoch}{(notes or {}).get(label, '')}")
+        ax.axvline(epoch, color=colour, linestyle=":", linewidth=1)
+        all_epochs += list(epochs)
+    _epoch_axis(ax, all_epochs)
+    ax.set(xlabel="epoch (Keras' numbering: the first epoch is 1)", ylabel="validation accuracy", title=title)
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
     return fig
 
 
