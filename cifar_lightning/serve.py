@@ -1,0 +1,299 @@
+"""``python -m cifar_lightning serve``: a checkpoint behind HTTP with LitServe.
+
+- ``POST /predict``, a multipart form with the field ``image`` (any format and size ``predict``
+  reads), answers ``{"predictions": [{"class": NAME, "probability": P}, ...]}``, the top 3, most
+  likely first. Images are decoded and resized exactly as ``predict`` does (``image_files.read_image``),
+  so the server and the CLI give the same class for the same file.
+- Bad uploads get a 4xx with ``{"error": "<what was wrong>"}``, never a 500: no ``image`` field, a
+  file that is not an image, a body that is not a multipart form (400); over 10 MiB (413). A bad upload
+  fails alone: the other requests of its batch are answered as usual.
+- Requests are batched (``max_batch_size``, ``batch_timeout``): one forward pass for all images that
+  arrive within ``batch_timeout`` seconds of each other, up to ``max_batch_size``.
+- ``GET /`` is a small web page to pick or drop an image and see the top 3 as bars
+  (``web/index.html``); ``GET /health`` is LitServe's health route ("ok" once the model is loaded).
+
+docs/deploy.md has the commands, a ``curl`` example and measured throughput.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from PIL import Image
+
+from cifar_lightning.errors import UserInputError
+
+try:
+    import litserve as ls
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import Request
+except ImportError as missing:  # a training-only install
+    raise UserInputError(f"serve needs LitServe ({missing.name} is not installed): "
+                         "pip install -e '.[serve]' (or '.[dev]').") from None
+
+from cifar_lightning.checkpoints import check_checkpoint, load_classifier
+from cifar_lightning.image_files import DECODE_ERRORS, image_to_tensor
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it
+FIELD = "image"
+TOP_K = 3
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
+
+
+def page() -> str:
+    """The web page served at ``GET /``."""
+    return resources.files("cifar_lightning").joinpath("web/index.html").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An upload that cannot be classified: answered alone with ``status`` and ``{"error": message}``."""
+
+    status: int
+    message: str
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def decode_upload(upload: Any) -> torch.Tensor | Rejected:
+    """A form field -> uint8 (3, 32, 32) as ``predict`` makes it from a file, or why not."""
+    if upload is None:
+        return Rejected(400, f"No '{FIELD}' field in the form. Send the image as a file field named "
+                             f"'{FIELD}', e.g. curl -F {FIELD}=@photo.jpg URL/predict.")
+    if not hasattr(upload, "read"):  # a text field (curl -F image=cat.jpg without the @)
+        return Rejected(400, f"The '{FIELD}' field holds text, not a file. Send a file, e.g. "
+                             f"curl -F {FIELD}=@photo.jpg URL/predict (note the @).")
+    name = getattr(upload, "filename", None) or FIELD
+    upload.file.seek(0)
+    data = upload.file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        return Rejected(413, f"{name} is larger than the {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB limit.")
+    if not data:
+        return Rejected(400, f"{name} is empty.")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image_to_tensor(image)
+    except DECODE_ERRORS as error:
+        return Rejected(400, f"{name} is not an image Pillow can read ({type(error).__name__}).")
+
+
+class ClassifierAPI(ls.LitAPI):
+    """LitServe API of a checkpoint: a form with an image in, the top 3 classes out, requests batched.
+
+    Args:
+        ckpt_path: The checkpoint to serve.
+        tta_flip: Override the checkpoint's ``tta_flip`` (None keeps it), as ``predict --model.tta_flip`` does.
+        max_batch_size: Most requests in one forward pass.
+        batch_timeout: Seconds to wait for a batch to fill once its first request has come.
+        top_k: Classes in each answer.
+    """
+
+    def __init__(self, ckpt_path: str, tta_flip: bool | None = None, max_batch_size: int = 32,
+                 batch_timeout: float = 0.01, top_k: int = TOP_K) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.ckpt_path = str(ckpt_path)
+        self.tta_flip = tta_flip
+        self.top_k = top_k
+
+    def setup(self, device: str) -> None:
+        self.model = load_classifier(self.ckpt_path, map_location=device)
+        if self.tta_flip is not None:
+            self.model.hparams.tta_flip = self.tta_flip
+        self.net = self.model.inference_net()
+        self.device_ = torch.device(device)
+        self.class_names = list(self.model.class_names)
+        self.top_k = min(self.top_k, len(self.class_names))
+
+    def decode_request(self, request):  # unannotated: LitServe then passes the parsed form (a Request's)
+        # Never raise here: with batching, LitServe fails every request of the batch on one exception.
+        return decode_upload(request.get(FIELD))
+
+    def batch(self, inputs: list) -> list:
+        return inputs  # predict stacks the images and leaves the rejected ones out
+
+    @torch.inference_mode()
+    def predict(self, inputs: list) -> list:
+        """The same computation as ``predict_images`` (BatchNorm folded, fp32, the model's TTA setting)."""
+        images = [x for x in inputs if isinstance(x, torch.Tensor)]
+        rows = iter(())
+        if images:
+            batch = torch.stack(images).to(self.device_)
+            probabilities = self.model.evaluate(batch, self.net).float().softmax(dim=-1).cpu()
+            top = probabilities.topk(self.top_k, dim=-1)
+            rows = iter(zip(top.indices.tolist(), top.values.tolist()))
+        return [next(rows) if isinstance(x, torch.Tensor) else x for x in inputs]
+
+    def unbatch(self, output: list) -> list:
+        return output
+
+    def encode_response(self, output):  # unannotated: LitServe sends whatever it returns
+        if isinstance(output, Rejected):
+            return error_response(output.status, output.message)
+        indices, values = output
+        return {"predictions": [{"class": self.class_names[i], "probability": p} for i, p in zip(indices, values)]}
+
+
+class UploadLimit:
+    """ASGI middleware for ``POST /predict``: 413 for a body over the limit, 400 for a body that is not a
+    multipart form, both as ``{"error": ...}`` and before anything is parsed (LitServe would answer a
+    non-form body with a 500). The body is read here, at most ``max_bytes`` of it, and handed on."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES, path: str = "/predict"):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.path = path
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        too_large = error_response(413, f"The upload is larger than the {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB limit.")
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.max_bytes:
+            await self.drain(receive)
+            await too_large(scope, receive, send)
+            return
+        if not headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+            await self.drain(receive)
+            await error_response(400, f"Send the image as a multipart form with the file field '{FIELD}', "
+                                      f"e.g. curl -F {FIELD}=@photo.jpg URL/predict.")(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                if more:
+                    await self.drain(receive)
+                await too_large(scope, receive, send)
+                return
+        body = b"".join(chunks)
+        # LitServe answers a form that does not parse (a bad boundary, a truncated body) with a 500.
+        try:
+            form = await Request(scope, self.replay(body, receive)).form()
+            await form.close()
+        except (MultiPartException, HTTPException) as error:
+            message = getattr(error, "detail", None) or getattr(error, "message", str(error))
+            await error_response(400, f"The multipart form could not be read: {message}")(scope, receive, send)
+            return
+        await self.app(scope, self.replay(body, receive), send)
+
+    @staticmethod
+    def replay(body: bytes, receive: Any) -> Any:
+        """An ASGI ``receive`` that gives ``body`` once, then whatever the connection says (a disconnect)."""
+        sent = False
+
+        async def replay_receive() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay_receive
+
+    @staticmethod
+    async def drain(receive: Any, cap: int = 64 * MAX_UPLOAD_BYTES) -> None:
+        """Read and drop the rest of the body (up to ``cap``), so the client gets to read the answer."""
+        read, more = 0, True
+        while more and read < cap:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            read += len(message.get("body", b""))
+            more = message.get("more_body", False)
+
+
+async def json_http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """Every HTTP error as ``{"error": ...}`` (FastAPI's default is ``{"detail": ...}``)."""
+    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+
+def build_server(ckpt_path: str, max_batch_size: int = 32, batch_timeout: float = 0.01,
+                 tta_flip: bool | None = None, accelerator: str = "auto") -> ls.LitServer:
+    """The ``LitServer``: ``ClassifierAPI`` at ``/predict``, the page at ``/``, errors as JSON."""
+    api = ClassifierAPI(ckpt_path, tta_flip=tta_flip, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    server = ls.LitServer(api, accelerator=accelerator, middlewares=[UploadLimit])
+    app = server.app
+    app.router.routes = [route for route in app.router.routes if getattr(route, "path", None) != "/"]
+    html = page()
+
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
+    app.add_exception_handler(HTTPException, json_http_error)
+    return server
+
+
+def check_port(host: str, port: int) -> None:
+    if host not in HOSTS:
+        raise UserInputError(f"--host must be one of {', '.join(HOSTS)} (LitServe's choices), got {host!r}.")
+    if not 1024 <= port <= 65535:
+        raise UserInputError(f"--port must be from 1024 to 65535, got {port}.")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UserInputError(f"Cannot listen on {host}:{port} ({error.strerror or error}). "
+                                 "Another server may be using it: pass another --port.") from None
+
+
+def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_size: int = 32,
+          batch_timeout: float = 0.01, tta_flip: bool | None = None, accelerator: str = "auto",
+          log_level: str = "info") -> None:
+    """Serve a checkpoint over HTTP with LitServe until Ctrl-C or SIGTERM.
+
+    POST /predict (multipart field 'image') answers the top 3 classes as JSON; GET / is a web page to
+    drop an image on; GET /health answers "ok" once the model is loaded. See docs/deploy.md.
+
+    Args:
+        ckpt_path: The checkpoint to serve, e.g. checkpoints/cifar10_cnn.ckpt.
+        port: TCP port (1024-65535).
+        host: 127.0.0.1 (this machine only), 0.0.0.0 or :: (every network interface).
+        max_batch_size: Most requests classified in one forward pass.
+        batch_timeout: Seconds a batch waits to fill once its first request has come.
+        tta_flip: Average each image with its mirror image (None: the checkpoint's setting).
+        accelerator: cpu, cuda, mps or auto (LitServe's choice).
+        log_level: Server log level (debug, info, warning, error); info logs every request.
+    """
+    check_checkpoint(ckpt_path)
+    check_port(host, port)
+    if max_batch_size < 1 or batch_timeout < 0:
+        raise UserInputError(f"--max_batch_size must be at least 1 and --batch_timeout at least 0, "
+                             f"got {max_batch_size} and {batch_timeout}.")
+    server = build_server(ckpt_path, max_batch_size, batch_timeout, tta_flip, accelerator)
+
+    main_pid = os.getpid()
+
+    def stop(signum: int, frame: Any) -> None:
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt  # LitServer.run shuts its workers down on KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)  # a forked API worker: end as it would have
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    server.run(host=host, port=port, generate_client_file=False, log_level=log_level)
