@@ -153,7 +153,8 @@ class CIFAR10DataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Only downloads, where neither layout is present: Lightning calls this on one process per node."""
-        if self.hparams.download:
+        predicting_a_folder = self.hparams.predict_dir is not None and (self.trainer is None or self.trainer.predicting)
+        if self.hparams.download and not predicting_a_folder:  # a predict folder needs no CIFAR-10
             download_if_missing(Path(self.hparams.data_dir).expanduser())
 
     def setup(self, stage: str) -> None:

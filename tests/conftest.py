@@ -7,6 +7,8 @@ few epochs: tests that need a *trained* checkpoint can check real predictions.
 from __future__ import annotations
 
 import pickle
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,6 +98,20 @@ def real_data() -> Path:
 @pytest.fixture(autouse=True)
 def _small_threads() -> None:
     torch.set_num_threads(2)
+
+
+class NetworkDisabled(urllib.error.URLError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the network: every URL opened in this process fails as it does offline.
+    (Subprocesses pass --data.download false instead.)"""
+    def refuse(request, *args, **kwargs):
+        raise NetworkDisabled("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
 EPOCHS = 15

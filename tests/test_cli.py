@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifar_lightning import CIFAR10Classifier
-from cifar_lightning.cli import auto_precision
+from cifar_lightning.cli import FUNCTION_SUBCOMMANDS, SUBCOMMANDS
 
 from conftest import REPO, write_image_folder
 
@@ -38,14 +38,16 @@ def fitted_run(tmp_path_factory):
     """One `fit` of two epochs on 200 synthetic images, shared by the tests below."""
     tmp_path = tmp_path_factory.mktemp("cli")
     data_dir = write_image_folder(tmp_path / "data", n_train=20, n_test=5)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "cifar10_cnn.ckpt").write_bytes(b"the shipped model sits here in a clone")
     result = run_cli("fit", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--trainer.max_epochs", "2",
-                     cwd=tmp_path)
+                     "--trainer.enable_model_summary", "true", cwd=tmp_path)
     return tmp_path, data_dir, result
 
 
 def test_fit_writes_checkpoints_and_tests_the_best_one(fitted_run):
     tmp_path, _, result = fitted_run
-    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints" / "base").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
     assert "Test accuracy of the best checkpoint" in result.stdout
     assert "test/acc" in result.stdout
@@ -65,18 +67,24 @@ def test_fit_logs_per_epoch_scalars_to_tensorboard(fitted_run):
 
 def test_checkpoint_alone_rebuilds_the_model(fitted_run):
     tmp_path, _, _ = fitted_run
-    model = CIFAR10Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu")
-    assert model.hparams.lr == 0.0025 and list(model.hparams.mean) == pytest.approx([0.4914, 0.4822, 0.4465])
+    model = CIFAR10Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "base" / "last.ckpt", map_location="cpu")
+    assert model.hparams.lr == 0.0025 and list(model.hparams.mean) == [0.0, 0.0, 0.0]  # the original: no normalisation
     with torch.no_grad():
         assert model.eval()(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)
 
 
 def test_test_and_predict_load_the_checkpoint(fitted_run):
     tmp_path, data_dir, _ = fitted_run
-    ckpt = str(tmp_path / "checkpoints" / "last.ckpt")
+    ckpt = str(tmp_path / "checkpoints" / "base" / "last.ckpt")
     tested = run_cli("test", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt, cwd=tmp_path)
     assert "test/acc" in tested.stdout
-    run_cli("predict", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt, cwd=tmp_path)
+    versions = sorted((tmp_path / "lightning_logs" / "base").iterdir())
+    predicted = run_cli("predict", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt,
+                        cwd=tmp_path)
+    rows = (tmp_path / "predictions" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 50 and rows[0].startswith("image,predicted,probability")
+    assert "Wrote 50 predictions to " in predicted.stdout and "Accuracy on the 50 images" in predicted.stdout
+    assert sorted((tmp_path / "lightning_logs" / "base").iterdir()) == versions  # predict logs nothing
 
 
 def test_print_config_and_help_work_without_data(tmp_path):
@@ -87,7 +95,24 @@ def test_print_config_and_help_work_without_data(tmp_path):
     assert "--data.data_dir" in helped.stdout and "--model.lr" in helped.stdout
 
 
-def test_precision_is_full_on_cpu():
-    if torch.cuda.is_available():
-        assert auto_precision("auto") in ("bf16-mixed", "16-mixed")
-    assert auto_precision("cpu") == "32-true"
+def test_help_names_the_tool_and_every_subcommand_in_whole_sentences(tmp_path):
+    helped = run_cli("--help", cwd=tmp_path).stdout
+    assert "Lightning Trainer command line tool" not in helped
+    words = " ".join(helped.split())
+    assert "usage: python -m cifar_lightning" in helped and "reimplementation of a classic Keras" in words
+    for name, description in {**SUBCOMMANDS, **{k: v[2] for k, v in FUNCTION_SUBCOMMANDS.items()}}.items():
+        assert description.endswith(".")
+        assert f"{name} {description}" in words
+    report = run_cli("report", "--help", cwd=tmp_path).stdout
+    assert "usage: python -m cifar_lightning report" in report
+    assert "Returns" not in report and "--ckpt_path" in report
+
+
+def test_a_first_run_is_quiet(fitted_run):
+    """What the user cannot act on is not printed: an advert, Lightning's own deprecations, a warning
+    about the shipped model sitting in checkpoints/, a FLOPs count of 0."""
+    _, _, result = fitted_run
+    output = result.stdout + result.stderr
+    for noise in ("litlogger", "LeafSpec", "exists and is not empty", "Total Flops 0", "is not supported by the model summary"):
+        assert noise not in output, noise
+    assert "Total Flops" in output  # the summary is still there, with a real count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +72,9 @@ def test_cli_predicts_the_test_split_to_csv(trained, tmp_path, monkeypatch, caps
             "--trainer.enable_progress_bar", "false")
     rows = read_csv(tmp_path / "predictions" / "predictions.csv")
     assert len(rows) == 50
-    assert [row["image"] for row in rows] == [str(i) for i in range(50)]
-    assert all(row["true_class"] == CIFAR10_CLASSES[i // 5] for i, row in enumerate(rows))
+    assert sorted(int(row["image"]) for row in rows) == list(range(50))  # every test image once, by source index
+    assert all(row["true_class"] == CIFAR10_CLASSES[int(row["image"]) // 5] for row in rows)
+    assert len({row["true_class"] for row in rows[:10]}) >= 5  # in a fixed random order, not class by class
     accuracy = sum(row["correct"] == "1" for row in rows) / len(rows)
     assert accuracy == pytest.approx(trained.test_acc)  # predict and test agree on the same checkpoint
     probabilities = [float(row[key]) for row in rows for key in ("probability", "top2_probability", "top3_probability")]
@@ -103,9 +105,11 @@ def test_cli_predicts_a_folder_of_odd_images(trained, tmp_path, monkeypatch, cap
     folder = tmp_path / "mine"
     expected = write_odd_images(folder)
     monkeypatch.chdir(tmp_path)
-    with pytest.warns(UserWarning, match="corrupt.png"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         run_cli(monkeypatch, "predict", "--ckpt_path", trained.ckpt, "--data.predict_dir", str(folder),
-                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
+                "--trainer.enable_progress_bar", "false")
+    assert not [w for w in caught if "corrupt.png" in str(w.message)]  # reported once, in the summary
     csv_rows = read_csv(tmp_path / "predictions" / "predictions.csv")
     rows = {Path(row["image"]).relative_to(folder).as_posix(): row for row in csv_rows}
     assert set(rows) == set(expected)
@@ -114,9 +118,35 @@ def test_cli_predicts_a_folder_of_odd_images(trained, tmp_path, monkeypatch, cap
             assert rows[name]["predicted"] == cls, name
     assert rows["cat/labelled.png"]["true_class"] == "cat" and rows["cat/labelled.png"]["correct"] == "1"
     assert rows["big.jpg"]["true_class"] == "" and rows["big.jpg"]["correct"] == ""
-    out = capsys.readouterr().out
-    assert "Skipped 2 file(s)" in out and "corrupt.png" in out and "notes.txt" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "Skipped 2 file(s)" in out and "notes.txt" in out
+    assert (out + captured.err).count("corrupt.png") == 1
     assert "Accuracy on the 1 images" in out
+    assert out.splitlines()[-5].startswith("Wrote 6 predictions to ")  # its own line, after the progress bar
+    assert not (tmp_path / "lightning_logs").exists()  # predict logs nothing, so leaves no empty version folder
+
+
+def test_predict_images_takes_a_list_of_image_tensors(trained):
+    model = load_classifier(trained.ckpt)
+    files = sorted((trained.data_dir / "test").rglob("*.png"))[:6]
+    from_paths = [p.class_name for p in predict_images(model, files)]
+    tensors = [torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1) for path in files]
+    assert [p.class_name for p in predict_images(model, tensors)] == from_paths
+    mixed = [tensors[0], tensors[1].float() / 255, files[2]]  # uint8, float and a path together
+    assert [p.class_name for p in predict_images(model, mixed)] == from_paths[:3]
+    big = torch.nn.functional.interpolate(tensors[0][None].float(), size=(64, 48))[0] / 255  # resized like a file
+    assert predict_images(model, [big])[0].class_name == from_paths[0]
+
+
+@pytest.mark.parametrize(("images", "expected"), [
+    (np.zeros((2, 3, 32, 32), dtype=np.uint8), "Cannot predict a ndarray: predict_images takes image file paths"),
+    ([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)], r"Expected each image tensor in a list to be \(3, H, W\)"),
+    ([42], "Cannot predict a int: predict_images takes"),
+])
+def test_predict_images_rejects_other_inputs_naming_what_it_takes(trained, images, expected):
+    with pytest.raises(ValueError, match=expected):
+        predict_images(load_classifier(trained.ckpt), images)
 
 
 def test_to_rgb32_handles_modes_and_sizes():

@@ -246,6 +246,8 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     [
         ("missing", "The data folder {data} does not exist."),
         ("empty", "No CIFAR-10 data found in {data}."),
+        ("missing_offline", "Could not download CIFAR-10 into {data} (NetworkDisabled: [Errno -3] Temporary failure"),
+        ("empty_offline", "Could not download CIFAR-10 into {data} (NetworkDisabled: [Errno -3] Temporary failure"),
         ("missing_class", "missing ['truck'], unexpected none"),
         ("extra_class", "missing none, unexpected ['zebra']"),
         ("misnamed_class", "missing ['cat'], unexpected ['cats']"),
@@ -256,9 +258,9 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 )
 def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, capsys) -> None:
     data = cwd / "cifar10"
-    if breakage != "missing":
+    if not breakage.startswith("missing"):
         data.mkdir()
-    if breakage not in ("missing", "empty"):
+    if not breakage.startswith(("missing", "empty")):
         write_image_folder(data, n_train=2, n_test=1)
     if breakage == "missing_class":
         for split in ("train", "test"):
@@ -276,8 +278,13 @@ def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, 
         (data / "train" / "cat" / "notes.txt").write_text("not an image")
         png = (data / "train" / "dog" / "00010.png").read_bytes()
         (data / "train" / "dog" / "00010.png").write_bytes(png[: len(png) // 2])
-    err = run_cli(fit_args(data, cwd / "cache", "--trainer.max_epochs", "1", "--data.val_size", "20"), capsys)
+    download = "true" if breakage.endswith("offline") else "false"  # the network is faked offline (conftest)
+    err = run_cli(fit_args(data, cwd / "cache", "--trainer.max_epochs", "1", "--data.val_size", "20",
+                           "--data.download", download), capsys)
     assert expected.format(data=data) in err
+    if breakage.endswith("offline"):  # the failed download leaves the folder as it found it
+        assert data.exists() == (breakage == "empty_offline") and not list(data.glob("*"))
+    assert not (cwd / "lightning_logs").exists() or not list((cwd / "lightning_logs").rglob("version_*"))
     if breakage == "junk_files":
         assert "notes.txt" in err and "00010.png" in err and "never silently skipped" in err
     assert not list(cwd.glob("checkpoints/*.ckpt"))
@@ -380,7 +387,7 @@ def test_read_only_checkpoint_folder(data: Path, cwd: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_bad_input_in_a_real_process_is_one_line_and_status_2(tmp_path: Path) -> None:
-    process = start_fit(tmp_path, fit_args(tmp_path / "nowhere", tmp_path / "cache"))
+    process = start_fit(tmp_path, fit_args(tmp_path / "nowhere", tmp_path / "cache", "--data.download", "false"))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 2
     assert "Traceback" not in err
