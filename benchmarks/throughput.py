@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --data_dir DIR       # any folder the DataModule reads
     python benchmarks/throughput.py --synthetic          # generated images, no data needed
     python benchmarks/throughput.py --device cuda        # on the GPU (auto: the GPU when there is one)
-    python benchmarks/throughput.py -- --data.augmentation per_image   # more CLI arguments after --
+    python benchmarks/throughput.py -- --config configs/fast.yaml          # more CLI arguments after --
 
 Every row is timed in full precision (``32-true``) and, where the device computes bf16 natively
 (CUDA GPUs with bf16, CPUs with AVX512_BF16 or AMX: ``cifar_lightning.precision``), in
@@ -22,8 +22,8 @@ Every row is timed in full precision (``32-true``) and, where the device compute
            ``predict`` command runs in a fresh process.
   data     the data path alone, once (it does not depend on the precision): batches from the
            training loader through the DataModule's own batch-transfer hooks, as ``fit`` calls them
-           (``transfer_batch_to_device``, then ``on_after_batch_transfer``, which applies
-           ``batch_augment`` on the device for ``batched`` and ``crop``).
+           (``transfer_batch_to_device``, then ``on_after_batch_transfer``, which applies the
+           configured batch augmentation on the device, whichever it is).
 The last lines are the ratios: ``bf16/fp32`` per row, ``data/raw`` and ``fit/raw`` per precision.
 Every argument is checked before any work (one line on stderr, exit status 2). Not imported by
 the package; not a test (tests/test_benchmarks.py runs its quick mode through gpu_check.sh).
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cache of decoded images, as --data.cache_dir")
     parser.add_argument("--workdir", type=absolute, default=None,
                         help="where the fits write checkpoints and logs (kept); default: a temporary folder, removed")
-    parser.add_argument("cli_args", nargs="*", help="more CLI arguments after --, e.g. -- --data.augmentation per_image")
+    parser.add_argument("cli_args", nargs="*", help="more CLI arguments after --, e.g. -- --data.augment null")
     args = parser.parse_args(argv)
 
     if args.synthetic and args.data_dir is not None:
@@ -176,6 +176,14 @@ def device_name(device: str) -> str:
     models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
               if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
     return f"CPU {models[0] if models else platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def augmentation(datamodule) -> str:
+    """The data module's training augmentation in words: its module's repr, or the setting that names it."""
+    modules = [m for m in vars(datamodule).values() if isinstance(m, torch.nn.Module)]
+    if modules:
+        return " ".join(repr(modules[0]).split())
+    return str(datamodule.hparams.get("augmentation", "none"))
 
 
 def sync(device: torch.device) -> None:
@@ -353,7 +361,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> None:
             "predict": {n: statistics.median(predict[n]) for n in names}}
     hp, dm = first.model.hparams, first.datamodule
     print(f"\nDevice: {device_name(args.device)}; batch {batch_size}, eval batch {dm.eval_batch_size}; "
-          f"augmentation {dm.hparams.augmentation}; channels_last {hp.channels_last}; compile {hp.compile}")
+          f"augmentation {augmentation(dm)}; channels_last {hp.channels_last}; compile {hp.compile}")
     print(f"torch {torch.__version__}, lightning {L.__version__}, Python {platform.python_version()}; "
           f"config {args.config.name}; data: {'synthetic (random images)' if args.synthetic else data_dir}")
     print(f"bf16: {'timed' if with_bf16 else 'not timed'}, {why}")

@@ -1,6 +1,14 @@
-"""Keras ImageDataGenerator augmentation: random flip, shift and rotation with 'nearest' fill.
+"""Training augmentation of whole batches, chosen in the YAML by ``class_path`` (``data.augment``).
 
-Two implementations of one distribution:
+Batch contract: the loader yields uint8 (B, 3, 32, 32); an augmentation takes that batch on the
+training device and returns float (B, 3, 32, 32) in [0, 1]; the model scales uint8 and accepts
+floats in [0, 1], so evaluation batches (never augmented) stay uint8.
+
+- ``BatchAugment``: Keras ImageDataGenerator (the original's): random flip, shift and rotation
+  with 'nearest' fill.
+- ``BatchRandomCrop``: random crop after reflect padding, and a flip (``configs/fast.yaml``).
+
+The Keras augmentation has two implementations of one distribution:
 
 - ``BatchAugment``: the whole batch at once with one affine grid (tensor in, tensor out), on
   whatever device the batch is on. No per-image Python work, so on a GPU it is never the limit.
@@ -23,6 +31,8 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from cifar_lightning.errors import ConfigError
+
 
 def to_unit_float(images: Tensor) -> Tensor:
     """uint8 [0, 255] -> float32 [0, 1]; float input is returned as it is."""
@@ -40,6 +50,11 @@ class BatchAugment(nn.Module):
 
     def __init__(self, rotation_degrees: float = 17.0, shift_fraction: float = 0.08, horizontal_flip: bool = True):
         super().__init__()
+        if not 0 <= shift_fraction < 1 or rotation_degrees < 0:
+            raise ConfigError(
+                f"shift_fraction must be in [0, 1) and rotation_degrees at least 0, "
+                f"got {shift_fraction} and {rotation_degrees}."
+            )
         self.rotation_degrees = rotation_degrees
         self.shift_fraction = shift_fraction
         self.horizontal_flip = horizontal_flip
@@ -84,6 +99,8 @@ class BatchRandomCrop(nn.Module):
 
     def __init__(self, padding: int = 4, horizontal_flip: bool = True):
         super().__init__()
+        if not 0 <= padding < 16:
+            raise ConfigError(f"The random crop's padding must be in [0, 16) pixels, got {padding}.")
         self.padding = padding
         self.horizontal_flip = horizontal_flip
 

@@ -1,18 +1,17 @@
-"""CIFAR-10 as a LightningDataModule: in-memory uint8 tensors, the original's hold-out,
-and Keras-style augmentation either batched on the training device or per image."""
+"""CIFAR-10 as a LightningDataModule: in-memory uint8 tensors, the original's hold-out, and a
+batch augmentation (``augment.py``) applied on the training device."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
-from torch import Tensor
+from jsonargparse import lazy_instance
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cifar_lightning.augment import BatchAugment, BatchRandomCrop, per_image_transform
+from cifar_lightning.augment import BatchAugment
 from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.image_files import read_predict_folder
 from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, find_layout, load_split
@@ -21,23 +20,19 @@ from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing,
 class InMemoryImages(Dataset):
     """Images and labels held as tensors; ``__getitems__`` hands out whole batches by fancy indexing."""
 
-    def __init__(self, split: Split, transform=None):
-        self.images, self.labels, self.transform = split.images, split.labels, transform
+    def __init__(self, split: Split):
+        self.images, self.labels = split.images, split.labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), self.labels[index]
+        return self.images[index], self.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         # One gather per batch instead of one __getitem__ and a collate per image.
         index = torch.as_tensor(indices)
-        images = self.images[index]
-        if self.transform is not None:
-            images = torch.stack([self.transform(image) for image in images])
-        return images, self.labels[index]
+        return self.images[index], self.labels[index]
 
 
 class NamedImages(InMemoryImages):
@@ -94,16 +89,12 @@ class CIFAR10DataModule(L.LightningDataModule):
         val_size: Training images held out for early stopping and checkpoints (the original: 10,000,
             the first ones of torchvision's files; from image folders a seeded random sample).
         seed: Seed of the random hold-out from image folders (independent of the training seed).
-        augmentation: ``batched`` (one affine grid per batch on the training device), ``per_image``
-            (torchvision ops in the loader workers, the reference), ``crop`` (random crop after
-            ``crop_padding`` pixels of reflect padding, and the flip: not the original's, used by
-            ``configs/fast.yaml``) or ``none``.
-        crop_padding: Largest whole-pixel shift of the ``crop`` augmentation.
-        rotation_degrees: Keras ``rotation_range``.
-        shift_fraction: Keras ``width_shift_range`` and ``height_shift_range`` (the original: 0.08).
-        horizontal_flip: Keras ``horizontal_flip``.
-        num_workers: Loader worker processes; ``None`` picks 0 for in-memory batches and the CPU
-            count for the per-image path.
+        augment: The training augmentation, applied to whole batches on the training device (uint8 in,
+            float in [0, 1] out): ``BatchAugment`` (Keras ImageDataGenerator, the original's, the
+            default), ``BatchRandomCrop`` (``configs/fast.yaml``) or ``null`` for none; in YAML a
+            ``class_path`` with ``init_args``.
+        num_workers: Loader worker processes; 0, the default, gathers each batch from memory in the
+            main process, which needs no workers.
         pin_memory: Page-locked host memory for faster copies to a GPU.
         cache_dir: Where decoded tensors are cached (``None``: no cache).
         predict_dir: Folder of images (nested or flat, any format Pillow reads, any size) for
@@ -118,12 +109,8 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         val_size: int = 10000,
         seed: int = 0,
-        augmentation: Literal["batched", "per_image", "crop", "none"] = "batched",
-        crop_padding: int = 4,
-        rotation_degrees: float = 17.0,
-        shift_fraction: float = 0.08,
-        horizontal_flip: bool = True,
-        num_workers: int | None = None,
+        augment: nn.Module | None = lazy_instance(BatchAugment),
+        num_workers: int = 0,
         pin_memory: bool = True,
         cache_dir: str | None = ".cache/cifar_lightning",
         predict_dir: str | None = None,
@@ -134,20 +121,9 @@ class CIFAR10DataModule(L.LightningDataModule):
                 raise ConfigError(f"{name} must be at least 1, got {value}.")
         if val_size < 1:
             raise ConfigError(f"val_size must be at least 1 (images held out for validation), got {val_size}.")
-        if not 0 <= crop_padding < 16:
-            raise ConfigError(f"crop_padding must be in [0, 16) pixels, got {crop_padding}.")
-        if not 0 <= shift_fraction < 1 or rotation_degrees < 0:
-            raise ConfigError(
-                f"shift_fraction must be in [0, 1) and rotation_degrees at least 0, "
-                f"got {shift_fraction} and {rotation_degrees}."
-            )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["augment"])  # a module, not a value: the CLI's config.yaml records it
         self.classes = CIFAR10_CLASSES
-        self.batch_augment = (
-            BatchRandomCrop(crop_padding, horizontal_flip)
-            if augmentation == "crop"
-            else BatchAugment(rotation_degrees, shift_fraction, horizontal_flip)
-        )
+        self.augment = augment
         self.train_set = self.val_set = self.test_set = self.predict_set = None
         self.skipped_files: list[str] = []  # predict_dir files that were not readable images
 
@@ -168,10 +144,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 )
             source_order = find_layout(Path(hp.data_dir).expanduser().resolve()) == "torchvision"
             train_idx, val_idx = holdout_split(len(full.labels), hp.val_size, hp.seed, source_order)
-            transform = None
-            if hp.augmentation == "per_image":
-                transform = per_image_transform(hp.rotation_degrees, hp.shift_fraction, hp.horizontal_flip)
-            self.train_set = InMemoryImages(Split(full.images[train_idx], full.labels[train_idx]), transform)
+            self.train_set = InMemoryImages(Split(full.images[train_idx], full.labels[train_idx]))
             self.val_set = InMemoryImages(Split(full.images[val_idx], full.labels[val_idx]))
         if stage == "test" or (stage == "predict" and hp.predict_dir is None):
             if self.test_set is None:
@@ -194,17 +167,16 @@ class CIFAR10DataModule(L.LightningDataModule):
         return NamedImages(Split(folder.images, folder.labels), folder.paths)
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Batched augmentation runs here, after the copy, so it runs on the GPU when training there."""
+        """Training batches are augmented here, after the copy, so on a GPU it runs on the GPU: uint8 in,
+        float in [0, 1] out. Evaluation batches stay uint8 (the model scales them)."""
         training = self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list))
-        if training and self.hparams.augmentation in ("batched", "crop"):
+        if training and self.augment is not None:
             images, labels = batch
-            return self.batch_augment(images), labels
+            return self.augment(images), labels
         return batch
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
-        if workers is None:
-            workers = min(8, os.cpu_count() or 1) if shuffle and self.hparams.augmentation == "per_image" else 0
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -141,7 +141,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("trained")
     data_dir = write_image_folder(root / "data", n_train=20, n_test=5)
     data = CIFAR10DataModule(str(data_dir), batch_size=8, eval_batch_size=100, val_size=20,
-                             augmentation="none", cache_dir=None)
+                             augment=None, cache_dir=None)
     recorder = RecordMetrics()
     logger = TensorBoardLogger(root / "logs", name="tiny")
     trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=logger, enable_progress_bar=False,

@@ -17,6 +17,7 @@ from torchvision.datasets import CIFAR10
 
 from cifar_lightning import CIFAR10DataModule
 from cifar_lightning import sources
+from cifar_lightning.augment import BatchAugment, BatchRandomCrop
 from cifar_lightning.errors import DataSourceError
 
 from conftest import write_torchvision_folder
@@ -100,10 +101,10 @@ def test_decoded_images_are_cached_and_a_changed_source_is_read_again(image_fold
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
-@pytest.mark.parametrize("augmentation", ["batched", "per_image", "crop"])
-def test_training_batches_are_augmented_and_evaluation_batches_are_not(augmentation, image_folder, tmp_path):
+@pytest.mark.parametrize("augment", [BatchAugment(), BatchRandomCrop()])
+def test_training_batches_are_augmented_and_evaluation_batches_are_not(augment, image_folder, tmp_path):
     torch.manual_seed(0)
-    dm = make_datamodule(image_folder, tmp_path, augmentation=augmentation, num_workers=0)
+    dm = make_datamodule(image_folder, tmp_path, augment=augment)
     dm.setup("fit")
     raw = dm.train_set.images[:16]
 
@@ -125,8 +126,10 @@ def test_nonsense_datamodule_settings_are_rejected():
         CIFAR10DataModule(batch_size=0)
     with pytest.raises(ValueError, match="val_size must be at least 1"):
         CIFAR10DataModule(val_size=-5)
-    with pytest.raises(ValueError, match="crop_padding must be in"):
-        CIFAR10DataModule(augmentation="crop", crop_padding=16)
+    with pytest.raises(ValueError, match="padding must be in"):
+        BatchRandomCrop(padding=16)
+    with pytest.raises(ValueError, match="shift_fraction must be in"):
+        BatchAugment(shift_fraction=1.5)
 
 
 def test_eval_batch_size_is_explicit_or_picked_for_the_device(image_folder, tmp_path):

@@ -94,9 +94,10 @@ def test_tta_flip_from_the_command_line_applies_to_a_checkpoint_trained_without_
     monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
     cli_main(["predict", "--config", FAST, "--ckpt_path", trained.ckpt, "--model.tta_flip", "true",
               "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
-              "--trainer.enable_progress_bar", "false"])
+              "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true"])
     with open(tmp_path / "predictions" / "predictions.csv", newline="") as file:
-        from_cli = [float(row["probability"]) for row in csv.DictReader(file)]
+        rows = sorted(csv.DictReader(file), key=lambda row: int(row["image"]))  # by index in the source
+        from_cli = [float(row["probability"]) for row in rows]
     model = load_classifier(trained.ckpt)
     assert not model.hparams.tta_flip
     images = load_split(trained.data_dir, train=False, cache_dir=None).images  # the rows' order
@@ -116,5 +117,5 @@ def test_fast_config_builds_the_original_network_with_the_fast_recipe(tmp_path, 
     assert (trainable, trainable + running_stats) == (419_818, 420_842)
     hp = model.hparams
     assert (hp.optimizer, hp.lr_schedule, hp.tta_flip) == ("sgd", "onecycle", False)
-    assert data.hparams.augmentation == "crop" and isinstance(data.batch_augment, BatchRandomCrop)
+    assert isinstance(data.augment, BatchRandomCrop) and data.augment.padding == 4
     assert cli.trainer.max_epochs <= 100

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from cifar_lightning.augment import BatchAugment
 from cifar_lightning.cli import cli_main
 from cifar_lightning.datamodule import CIFAR10DataModule, holdout_split
 
@@ -51,8 +52,8 @@ def test_network_dropout_is_the_original(base):
 def test_augmentation_is_the_notebooks_image_data_generator(base):
     # "rotation_range=17", "width_shift_range=0.08, height_shift_range=0.08", "horizontal_flip=True"
     data = base.datamodule
-    assert data.hparams.augmentation == "batched"
-    augment = data.batch_augment
+    augment = data.augment
+    assert type(augment) is BatchAugment
     assert (augment.rotation_degrees, augment.shift_fraction, augment.horizontal_flip) == (17.0, 0.08, True)
 
 
