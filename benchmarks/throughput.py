@@ -231,6 +231,8 @@ def bench_data(trainer: L.Trainer, datamodule, batches: int, repeats: int) -> fl
     """Loader -> device -> the DataModule's own batch augmentation, through the hooks fit calls, without the model."""
     device = trainer.strategy.root_device
     rates = []
+    attached = datamodule.trainer
+    datamodule.trainer = trainer  # as fit attaches it: the hooks ask the trainer whether it is training
     trainer.training = True  # on_after_batch_transfer augments only while the trainer is training
     try:
         for _ in range(repeats + 1):  # the first pass warms up
@@ -246,6 +248,7 @@ def bench_data(trainer: L.Trainer, datamodule, batches: int, repeats: int) -> fl
             rates.append(seen / (time.perf_counter() - start))
     finally:
         trainer.training = False
+        datamodule.trainer = attached
     return statistics.median(rates[1:])
 
 

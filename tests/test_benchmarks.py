@@ -1,0 +1,132 @@
+"""benchmarks/: the throughput script's argument checks and data row, and gpu_check.sh's quick CPU mode,
+so that neither rots between the runs on a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, write_image_folder
+
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def load_throughput():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+throughput = load_throughput()
+
+
+def test_a_relative_data_dir_is_resolved_when_parsed(image_folder, monkeypatch):
+    # The fit row changes directory later; a path taken relative to the start folder must survive that.
+    monkeypatch.chdir(image_folder.parent)
+    args = throughput.parse_args(["--data_dir", image_folder.name, "--config", str(REPO / "configs" / "base.yaml")])
+    monkeypatch.chdir("/")
+    assert args.data_dir == image_folder and args.data_dir.is_absolute()
+    assert args.cache_dir.is_absolute() and args.config.is_absolute()
+    assert args.device in ("cpu", "cuda") and not args.synthetic
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--data_dir", "no/such/folder"], "no such folder"),
+    (["--data_dir", "."], "holds no CIFAR-10"),
+    (["--steps", "0"], "--steps: must be at least 1, got 0"),
+    (["--repeats", "-2"], "--repeats: must be at least 1, got -2"),
+    (["--predict_batches", "0"], "--predict_batches: must be at least 1"),
+    (["--steps", "ten"], "'ten' is not a whole number"),
+    (["--synthetic", "--data_dir", "."], "not both"),
+    (["--synthetic", "--config", "no.yaml"], "no such file"),
+    (["--synthetic", "--device", "gpu"], "invalid choice"),
+    (["--synthetic", "--device", "cuda"], "no CUDA GPU"),
+])
+def test_bad_arguments_are_one_line_and_exit_status_2_before_any_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        throughput.main(argv)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("throughput.py: error: ") and message in captured.err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+class CountCalls:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, module, inputs, output):
+        self.calls += 1
+        assert output.dtype == torch.float32  # augmented: uint8 in, float in [0, 1] out
+
+
+@pytest.mark.parametrize("config", ["base.yaml", "fast.yaml"])  # Keras-style affine; random crop
+def test_data_row_times_the_datamodules_own_augmentation(config, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["throughput.py"])  # LightningCLI warns when argv and args both hold arguments
+    data_dir = write_image_folder(tmp_path / "data", n_train=20, n_test=5)
+    run = throughput.Run("fp32", tmp_path / "run", [
+        "--config", str(REPO / "configs" / config), "--data.data_dir", str(data_dir), "--data.val_size", "40",
+        "--data.batch_size", "16", "--data.cache_dir", str(tmp_path / "cache"), "--trainer.accelerator", "cpu"])
+    datamodule = run.datamodule
+    datamodule.setup("fit")
+    modules = [m for m in vars(datamodule).values() if isinstance(m, torch.nn.Module)]
+    assert len(modules) == 1  # the configured augmentation, as on_after_batch_transfer applies it
+    counter = CountCalls()
+    modules[0].register_forward_hook(counter)
+    rate = throughput.bench_data(run.trainer, datamodule, batches=2, repeats=1)
+    assert rate > 0 and counter.calls == 2 * 2  # every batch of the warm-up pass and the timed one
+    assert not run.trainer.training  # put back as found
+
+
+def run_gpu_check(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(GPU_CHECK), *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=REPO)
+
+
+def test_gpu_check_refuses_bad_arguments_in_one_line(tmp_path):
+    result = run_gpu_check("--max_time", "4min", "--out", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "--max_time 4min is not DD:HH:MM:SS" in result.stderr
+    result = run_gpu_check("--fast")
+    assert result.returncode == 2 and "unknown argument --fast" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here: the full check would run")
+def test_gpu_check_without_a_gpu_says_to_use_quick(tmp_path):
+    result = run_gpu_check("--out", str(tmp_path))
+    assert result.returncode == 2 and "no CUDA GPU here; on a CPU, run it with --quick" in result.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
+    out = tmp_path / "out"
+    result = run_gpu_check("--quick", "--out", str(out))
+    printed = result.stdout
+    assert result.returncode == 0, printed[-4000:] + result.stderr[-2000:]
+    lines = printed.splitlines()
+    assert lines[0].startswith("Device: ") and re.match(r"torch \S+, lightning \S+, Python \S+", lines[1])
+    assert "tests: ok" in printed and "benchmark: ok" in printed and "fit: ok" in printed
+    assert "| row | fp32 images/s | bf16 images/s | bf16/fp32 |" in printed
+    for row in ("raw", "fit", "predict"):
+        assert re.search(rf"^\| {row} \| [\d,]+ \| ([\d,]+ \| \d+\.\d\d|- \| -) \|$", printed, re.MULTILINE), row
+    assert re.search(r"^\| data \| [\d,]+ \| \| \|$", printed, re.MULTILINE)
+    # The fit's epochs, read back from its TensorBoard log: seconds and val/acc per epoch.
+    assert re.search(r"^\s+0\s+\d+\.\d\s+0\.\d{4}", printed, re.MULTILINE)
+    assert re.search(r"^\s+1\s+\d+\.\d\s+0\.\d{4}$", printed, re.MULTILINE)
+    assert "Test accuracy of the best checkpoint" in printed
+    assert lines[-1].startswith("gpu_check: all steps passed in ")
+    # Everything it wrote is under --out: the repository's checkpoints/ and lightning_logs/ are not its.
+    assert (out / "fit" / "checkpoints" / "base" / "last.ckpt").is_file()
+    assert list((out / "fit" / "lightning_logs" / "base").glob("version_*/events.out.tfevents.*"))
