@@ -1,5 +1,8 @@
-"""Checkpoint writes that a kill can never leave half done.
+"""Writing checkpoints: atomically, so a kill never leaves half a file, and with the random
+generators' states, so a resumed run draws the numbers an uninterrupted one would. Reading and
+checking them is ``checkpoints.py``.
 
+Atomic writes:
 Lightning's own save (``lightning.fabric.utilities.cloud_io._atomic_save``) writes the file in the
 system temp folder and then moves it into place. That move is a rename only when the temp folder
 and the checkpoint folder share a file system; otherwise (a tmpfs ``/tmp``, checkpoints on a
@@ -11,13 +14,16 @@ single ``os.replace`` on one file system wherever the checkpoints live.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -46,3 +52,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}.")
         save_atomically(checkpoint, path)
+
+
+class RNGStateCheckpoint(Callback):
+    """Saves the random generators' states in every checkpoint and puts them back on resume.
+
+    Lightning checkpoints hold weights, optimizer, loop and callback state but not the generators
+    behind the shuffle order, the augmentation and dropout. Without them a resumed run draws other
+    random numbers than the run that was never stopped. Restored when the checkpoint is loaded,
+    before training starts (Lightning runs its sanity check inside ``isolate_rng``), so a run
+    resumed from an end-of-epoch checkpoint continues with the very numbers it would have drawn.
+    All values are tensors or plain Python, so the checkpoint still loads with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        cuda = state_dict.get("cuda") or []
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))

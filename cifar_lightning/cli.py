@@ -17,12 +17,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 import logging
 import shlex
+import tempfile
 import signal
 import sys
 import warnings
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -33,10 +36,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cifar_lightning.callbacks import RNGStateCheckpoint
-from cifar_lightning.checkpoint_io import AtomicCheckpointIO
-from cifar_lightning.checkpoints import check_checkpoint
-from cifar_lightning.ckpt_checks import check_class_count, check_writable
+from cifar_lightning.checkpoint_io import AtomicCheckpointIO, RNGStateCheckpoint
+from cifar_lightning.checkpoints import check_checkpoint, check_class_count
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
@@ -74,6 +75,28 @@ FUNCTION_SUBCOMMANDS = {
     "serve": ("cifar_lightning.serve", "serve",
               "Serve a checkpoint over HTTP with LitServe: POST /predict, a web page at /, /health (docs/deploy.md)."),
 }
+
+
+def check_writable(folders: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """Create each ``(what, folder)`` and write a probe file in it, so training never starts without a place to save."""
+    for what, folder in folders:
+        folder = Path(folder).expanduser().resolve()
+        blocker = next((path for path in (folder, *folder.parents) if path.exists()), folder)
+        if not blocker.is_dir():
+            it = "it" if blocker == folder else str(blocker)
+            raise UserInputError(
+                f"Cannot write {what} to {folder}: {it} is a file, not a folder. Move the file away, "
+                "or point the config at another folder (ModelCheckpoint dirpath, logger save_dir)."
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as error:
+            raise UserInputError(
+                f"Cannot write {what} to {folder.resolve()} ({error.strerror or error}). Run from a folder you "
+                "can write to, or point the config at one (ModelCheckpoint dirpath, logger save_dir)."
+            ) from None
 
 
 def program_name() -> str:

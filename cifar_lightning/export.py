@@ -28,9 +28,8 @@ from torch import Tensor, nn
 
 from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.inference import fold_batchnorm
 from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.network import ExpELU
+from cifar_lightning.network import ExpELU, fold_batchnorm
 from cifar_lightning.sources import IMAGE_SIZE
 
 INPUT_NAME = "images"

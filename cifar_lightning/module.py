@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from cifar_lightning.ckpt_checks import check_compatible
+from cifar_lightning.checkpoints import check_compatible
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.augment import to_unit_float
-from cifar_lightning.inference import fold_batchnorm
-from cifar_lightning.network import KerasCIFAR10CNN
+from cifar_lightning.network import KerasCIFAR10CNN, fold_batchnorm
 from cifar_lightning.sources import CIFAR10_CLASSES
 
 # Per-channel mean and std of the CIFAR-10 training images in [0, 1].
@@ -167,7 +166,7 @@ class CIFAR10Classifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse, with a clear message, a checkpoint whose layers do not fit this model (``--ckpt_path``)."""
-        check_compatible(checkpoint, self)
+        check_compatible(checkpoint, self.state_dict(), len(self.class_names))
 
     def configure_optimizers(self):
         hp = self.hparams

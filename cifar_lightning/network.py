@@ -3,15 +3,22 @@
 Keras defaults are reproduced on purpose, because they change how the network trains:
 Glorot-uniform kernels with zero biases, conv biases kept although BatchNorm follows,
 and BatchNorm with Keras' momentum 0.99 (PyTorch ``momentum=0.01``) and epsilon 1e-3.
+
+``fold_batchnorm`` gives the inference copy: in eval mode each BatchNorm is a fixed per-channel
+scale and shift, merged into the conv or dense layer before it (``torch.nn.utils.fusion``): the
+same function to float rounding, one pass over the activations fewer per layer. ``predict`` and
+``export`` use it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 # Keras BatchNormalization defaults: moving average momentum 0.99, epsilon 1e-3.
 # PyTorch's momentum is the weight of the *new* batch, so 1 - 0.99.
@@ -121,3 +128,21 @@ class KerasCIFAR10CNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Normalised images (B, 3, 32, 32) -> logits (B, num_classes)."""
         return self.classifier(self.features(x))
+
+
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``net`` where each (Conv2d|Linear, BatchNorm) pair in a Sequential is one layer."""
+    folded = copy.deepcopy(net).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        layers = list(module)
+        for i in range(len(layers) - 1):
+            layer, norm = layers[i], layers[i + 1]
+            if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                module[i], module[i + 1] = fuse_conv_bn_eval(layer, norm), nn.Identity()
+            elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
+                module[i], module[i + 1] = fuse_linear_bn_eval(layer, norm), nn.Identity()
+    for parameter in folded.parameters():
+        parameter.requires_grad_(False)
+    return folded

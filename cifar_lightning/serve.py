@@ -23,7 +23,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -263,8 +263,9 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_size: int = 32,
-          batch_timeout: float = 0.01, tta_flip: bool | None = None, accelerator: str = "auto",
-          log_level: str = "info") -> None:
+          batch_timeout: float = 0.01, tta_flip: bool | None = None,
+          accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
+          log_level: Literal["debug", "info", "warning", "error"] = "info") -> None:
     """Serve a checkpoint over HTTP with LitServe until Ctrl-C or SIGTERM.
 
     POST /predict (multipart field 'image') answers the top 3 classes as JSON; GET / is a web page to
@@ -277,7 +278,7 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
         max_batch_size: Most requests classified in one forward pass.
         batch_timeout: Seconds a batch waits to fill once its first request has come.
         tta_flip: Average each image with its mirror image (None: the checkpoint's setting).
-        accelerator: cpu, cuda, mps or auto (LitServe's choice).
+        accelerator: Where the model runs (auto: LitServe's choice, a GPU where there is one).
         log_level: Server log level (debug, info, warning, error); info logs every request.
     """
     check_checkpoint(ckpt_path)

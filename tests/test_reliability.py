@@ -80,7 +80,7 @@ def test_sigterm_ctrl_c_and_sigkill_mid_epoch_then_resume_finishes(data: Path, t
     """Each fault mid-epoch leaves a loadable last.ckpt; resuming after the last one finishes every epoch."""
     args = fit_args(data, tmp_path / "cache", "--trainer.max_epochs", "4")
     resume = [*args, "--ckpt_path", "last"]
-    last = tmp_path / "checkpoints" / "last.ckpt"
+    last = tmp_path / "checkpoints" / "base" / "last.ckpt"
 
     for epoch, signum, pause_at in ((1, signal.SIGTERM, []), (2, signal.SIGINT, resume), (3, signal.SIGKILL, resume)):
         marker = tmp_path / f"paused{epoch}"
@@ -161,7 +161,7 @@ def test_two_runs_are_identical_and_resuming_at_an_epoch_boundary_changes_nothin
                                 "--trainer.callbacks+=fault_points.RecordRank", *extra))
         assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
         record = json.loads((tmp_path / name / "rank0.json").read_text())  # metrics at the end of fit
-        return record["metrics"], load(tmp_path / name / "checkpoints" / "last.ckpt")
+        return record["metrics"], load(tmp_path / name / "checkpoints" / "base" / "last.ckpt")
 
     metrics_a, ckpt_a = fit("a", "--trainer.max_epochs", "2")
     metrics_b, ckpt_b = fit("b", "--trainer.max_epochs", "2")
@@ -206,7 +206,7 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
         first, second = (set(r[key]) for r in ranks)
         assert not first & second and first | second == set(range(size))
     # Rank zero alone wrote checkpoints, logs and the test result.
-    best, last = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    best, last = sorted(p.name for p in (tmp_path / "checkpoints" / "base").iterdir())
     assert best.startswith("epoch") and last == "last.ckpt"
     assert [p.name for p in (tmp_path / "lightning_logs" / "base").iterdir()] == ["version_0"]
     assert out.count("Test accuracy of the best checkpoint") == 1
@@ -214,7 +214,7 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     # predict under DDP: each process predicts a shard, one CSV holds every test image once.
     predict = [a for a in args if a != "--trainer.callbacks+=fault_points.RecordRank"]
     predict[0] = "predict"
-    process = start_fit(tmp_path, [*predict, "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    process = start_fit(tmp_path, [*predict, "--ckpt_path", str(tmp_path / "checkpoints" / "base" / "last.ckpt")])
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
     (csv_file,) = (tmp_path / "predictions").iterdir()
@@ -258,9 +258,9 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 )
 def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, capsys) -> None:
     data = cwd / "cifar10"
-    if not breakage.startswith("missing"):
+    if breakage not in ("missing", "missing_offline"):
         data.mkdir()
-    if not breakage.startswith(("missing", "empty")):
+    if breakage not in ("missing", "missing_offline", "empty", "empty_offline"):
         write_image_folder(data, n_train=2, n_test=1)
     if breakage == "missing_class":
         for split in ("train", "test"):
@@ -329,7 +329,7 @@ def test_unknown_key_in_a_config_file(data: Path, cwd: Path, capsys) -> None:
 
 
 def foreign_checkpoint(path: Path, model: torch.nn.Module, **hyper_parameters) -> Path:
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hyper_parameters,
                 "pytorch-lightning_version": "2.6.0", "epoch": 0, "global_step": 0}, path)
     return path
@@ -352,11 +352,11 @@ def foreign_checkpoint(path: Path, model: torch.nn.Module, **hyper_parameters) -
                                              class_names=["a", "b", "c"]),
          "The model has 3 classes (taken from the checkpoint {path}) but the data has 10."),
         # Through --ckpt_path last the model comes from the config and the checkpoint must fit it.
-        ("fit", lambda d: foreign_checkpoint(d / "checkpoints" / "last.ckpt",
+        ("fit", lambda d: foreign_checkpoint(d / "checkpoints" / "base" / "last.ckpt",
                                              CIFAR10Classifier(class_names=["a", "b", "c"]),
                                              class_names=["a", "b", "c"]) and "last",
          "The checkpoint was trained for 3 classes but this run builds a model for 10"),
-        ("fit", lambda d: foreign_checkpoint(d / "checkpoints" / "last.ckpt",
+        ("fit", lambda d: foreign_checkpoint(d / "checkpoints" / "base" / "last.ckpt",
                                              torch.nn.Sequential(torch.nn.Linear(4, 2))) and "last",
          "The checkpoint holds a different network from this model (missing: net.classifier"),
     ],
@@ -371,18 +371,16 @@ def test_bad_checkpoint_path(subcommand, make, expected, data: Path, cwd: Path, 
 
 def test_unwritable_checkpoint_folder_fails_before_training(data: Path, cwd: Path, capsys) -> None:
     (cwd / "checkpoints").write_text("a file where the folder should be")
-    started = time.monotonic()
     err = run_cli(fit_args(data, cwd / "cache", "--trainer.max_epochs", "1"), capsys)
-    assert f"Cannot write checkpoints to {cwd / 'checkpoints'}: it is a file, not a folder." in err
+    assert f"Cannot write checkpoints to {cwd / 'checkpoints' / 'base'}: {cwd / 'checkpoints'} is a file, not a folder." in err
     assert not (cwd / "cache").exists()  # failed before even reading the data
-    assert time.monotonic() - started < 30
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
 def test_read_only_checkpoint_folder(data: Path, cwd: Path, capsys) -> None:
     (cwd / "checkpoints").mkdir(mode=0o555)
     err = run_cli(fit_args(data, cwd / "cache", "--trainer.max_epochs", "1"), capsys)
-    assert f"Cannot write checkpoints to {cwd / 'checkpoints'} (Permission denied)." in err
+    assert f"Cannot write checkpoints to {cwd / 'checkpoints' / 'base'} (Permission denied)." in err
 
 
 @pytest.mark.slow
