@@ -290,13 +290,24 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
     )
 
 
+def find_user_error(error: BaseException | None) -> UserInputError | None:
+    """The ``UserInputError`` that caused ``error``, if any (jsonargparse re-raises what a class in
+    the config raised, e.g. an augmentation's range check, as a ValueError of its own)."""
+    while error is not None and not isinstance(error, UserInputError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def main(args: list[str] | None = None) -> None:
     """``python -m cifar_lightning``: a ``UserInputError`` (bad data, settings, checkpoint or folder)
     is one line on stderr and exit status 2, like a command-line error, instead of a traceback."""
     try:
         cli_main(args)
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except ValueError as error:  # UserInputError is one; jsonargparse wraps ours raised by nested classes
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
     # Lightning's DDP leaves the process group alive. Left to interpreter shutdown, gloo's worker
     # threads can abort the process (SIGABRT, "terminate called without an active exception") after

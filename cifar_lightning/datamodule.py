@@ -74,8 +74,9 @@ def holdout_split(num_images: int, val_size: int, seed: int, source_order: bool)
 class CIFAR10DataModule(L.LightningDataModule):
     """CIFAR-10 from torchvision's files or an image-folder copy, decoded once into memory.
 
-    Batches are uint8 images (B, 3, 32, 32) and int64 labels; scaling and normalisation
-    belong to the model, so a checkpoint predicts the same whatever feeds it.
+    The loaders yield uint8 images (B, 3, 32, 32) and int64 labels; ``augment`` turns training
+    batches into floats in [0, 1] on the device (``on_after_batch_transfer``). Scaling and
+    normalisation belong to the model, so a checkpoint predicts the same whatever feeds it.
 
     Args:
         data_dir: Folder holding ``cifar-10-batches-py/`` (torchvision) or ``train/<class>/`` and

@@ -24,7 +24,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class CIFAR10Classifier(L.LightningModule):
-    """Trains ``KerasCIFAR10CNN`` with the original recipe (NAdam, cross-entropy).
+    """Trains and evaluates ``KerasCIFAR10CNN``: cross-entropy, accuracy, NAdam (the original's) or
+    SGD with an optional one-cycle schedule (``configs/fast.yaml``).
 
     Input scaling and normalisation live here and are saved with the hyperparameters, so a
     checkpoint takes raw uint8 images (or floats in [0, 1]) and predicts the same everywhere.

@@ -100,3 +100,17 @@ def test_batched_keeps_shape_and_device_and_returns_unit_floats():
     assert out.shape == images.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
     assert not torch.equal(BatchAugment()(images), BatchAugment()(images))  # random each call
+
+
+def test_uint8_scaling_is_kerass_division_by_255():
+    """Keras feeds ``astype('float32') / 255``; so does ``to_unit_float``. torchvision's
+    ``to_dtype(..., scale=True)`` multiplies by the reciprocal instead and lands one float step away
+    for some values, which is why the package keeps its own one-line helper."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from cifar_lightning.augment import to_unit_float
+
+    every_value = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    keras = torch.from_numpy(every_value.numpy().astype("float32") / 255)
+    assert torch.equal(to_unit_float(every_value), keras)
+    assert not torch.equal(TF.to_dtype(every_value, torch.float32, scale=True), keras)

@@ -1,8 +1,6 @@
 """The CLI end to end on tiny synthetic data: fit writes checkpoints and TensorBoard scalars, then
 test and predict load the checkpoint; the checkpoint alone rebuilds the model."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,17 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cifar_lightning import CIFAR10Classifier
 from cifar_lightning.cli import FUNCTION_SUBCOMMANDS, SUBCOMMANDS
 
-from conftest import REPO, write_image_folder
-
-BASE = str(REPO / "configs" / "base.yaml")
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "cifar_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+from cli_runner import BASE, run_process, write_image_folder
 
 
 def tiny_overrides(data_dir: Path, tmp_path: Path) -> list[str]:
@@ -40,7 +28,7 @@ def fitted_run(tmp_path_factory):
     data_dir = write_image_folder(tmp_path / "data", n_train=20, n_test=5)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "cifar10_cnn.ckpt").write_bytes(b"the shipped model sits here in a clone")
-    result = run_cli("fit", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--trainer.max_epochs", "2",
+    result = run_process("fit", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--trainer.max_epochs", "2",
                      "--trainer.enable_model_summary", "true", cwd=tmp_path)
     return tmp_path, data_dir, result
 
@@ -76,10 +64,10 @@ def test_checkpoint_alone_rebuilds_the_model(fitted_run):
 def test_test_and_predict_load_the_checkpoint(fitted_run):
     tmp_path, data_dir, _ = fitted_run
     ckpt = str(tmp_path / "checkpoints" / "base" / "last.ckpt")
-    tested = run_cli("test", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt, cwd=tmp_path)
+    tested = run_process("test", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt, cwd=tmp_path)
     assert "test/acc" in tested.stdout
     versions = sorted((tmp_path / "lightning_logs" / "base").iterdir())
-    predicted = run_cli("predict", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt,
+    predicted = run_process("predict", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--ckpt_path", ckpt,
                         cwd=tmp_path)
     rows = (tmp_path / "predictions" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + 50 and rows[0].startswith("image,predicted,probability")
@@ -88,22 +76,22 @@ def test_test_and_predict_load_the_checkpoint(fitted_run):
 
 
 def test_print_config_and_help_work_without_data(tmp_path):
-    printed = run_cli("fit", "--config", BASE, "--print_config", cwd=tmp_path)
+    printed = run_process("fit", "--config", BASE, "--print_config", cwd=tmp_path)
     assert "max_epochs: 200" in printed.stdout and "patience: 35" in printed.stdout
     assert "lr: 0.0025" in printed.stdout and "batch_size: 64" in printed.stdout
-    helped = run_cli("fit", "--help", cwd=tmp_path)
+    helped = run_process("fit", "--help", cwd=tmp_path)
     assert "--data.data_dir" in helped.stdout and "--model.lr" in helped.stdout
 
 
 def test_help_names_the_tool_and_every_subcommand_in_whole_sentences(tmp_path):
-    helped = run_cli("--help", cwd=tmp_path).stdout
+    helped = run_process("--help", cwd=tmp_path).stdout
     assert "Lightning Trainer command line tool" not in helped
     words = " ".join(helped.split())
     assert "usage: python -m cifar_lightning" in helped and "reimplementation of a classic Keras" in words
     for name, description in {**SUBCOMMANDS, **{k: v[2] for k, v in FUNCTION_SUBCOMMANDS.items()}}.items():
         assert description.endswith(".")
         assert f"{name} {description}" in words
-    report = run_cli("report", "--help", cwd=tmp_path).stdout
+    report = run_process("report", "--help", cwd=tmp_path).stdout
     assert "usage: python -m cifar_lightning report" in report
     assert "Returns" not in report and "--ckpt_path" in report
 

@@ -18,7 +18,6 @@ from torchvision.datasets import CIFAR10
 from cifar_lightning import CIFAR10DataModule
 from cifar_lightning import sources
 from cifar_lightning.augment import BatchAugment, BatchRandomCrop
-from cifar_lightning.errors import DataSourceError
 
 from conftest import write_torchvision_folder
 
@@ -48,37 +47,6 @@ def test_both_layouts_hold_the_same_images(image_folder, torchvision_folder, tmp
     b = sources.load_split(torchvision_folder, train=True, cache_dir=None)
     key = lambda split: sorted(zip(split.labels.tolist(), split.images.flatten(1).sum(1).tolist()))  # noqa: E731
     assert key(a) == key(b)
-
-
-def test_missing_folder_names_both_layouts_and_download(tmp_path):
-    dm = make_datamodule(tmp_path / "nowhere", tmp_path, download=False)
-    with pytest.raises(DataSourceError) as error:
-        dm.setup("fit")
-    message = str(error.value)
-    assert "does not exist" in message and "cifar-10-batches-py" in message
-    assert "train/<class>" in message and "--data.download true" in message
-
-
-
-
-def test_folder_with_wrong_classes_is_named(image_folder, tmp_path):
-    (image_folder / "train" / "cat").rename(image_folder / "train" / "kitten")
-    with pytest.raises(DataSourceError, match=r"missing \['cat'\], unexpected \['kitten'\]"):
-        make_datamodule(image_folder, tmp_path).setup("fit")
-
-
-def test_unreadable_training_images_fail_fast_naming_every_file(image_folder, tmp_path):
-    (image_folder / "train" / "dog" / "00000.png").write_bytes(b"not a png")
-    (image_folder / "train" / "cat" / "notes.txt").write_text("hello")
-    with pytest.raises(DataSourceError) as error:
-        make_datamodule(image_folder, tmp_path).setup("fit")
-    assert "2 of 202 files" in str(error.value)
-    assert "00000.png" in str(error.value) and "notes.txt" in str(error.value)
-
-
-def test_val_size_that_leaves_no_training_data_is_rejected(image_folder, tmp_path):
-    with pytest.raises(DataSourceError, match="leaves no training images"):
-        make_datamodule(image_folder, tmp_path, val_size=200).setup("fit")
 
 
 def test_decoded_images_are_cached_and_a_changed_source_is_read_again(image_folder, tmp_path, monkeypatch):
@@ -121,17 +89,6 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not(augment, 
     assert torch.equal(images, dm.val_set.images[:8]) and images.dtype == torch.uint8  # identity in eval
 
 
-def test_nonsense_datamodule_settings_are_rejected():
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        CIFAR10DataModule(batch_size=0)
-    with pytest.raises(ValueError, match="val_size must be at least 1"):
-        CIFAR10DataModule(val_size=-5)
-    with pytest.raises(ValueError, match="padding must be in"):
-        BatchRandomCrop(padding=16)
-    with pytest.raises(ValueError, match="shift_fraction must be in"):
-        BatchAugment(shift_fraction=1.5)
-
-
 def test_eval_batch_size_is_explicit_or_picked_for_the_device(image_folder, tmp_path):
     assert make_datamodule(image_folder, tmp_path, eval_batch_size=40).eval_batch_size == 40
     dm = make_datamodule(image_folder, tmp_path)
@@ -141,6 +98,8 @@ def test_eval_batch_size_is_explicit_or_picked_for_the_device(image_folder, tmp_
     dm.trainer = None
     dm.setup("fit")
     assert next(iter(dm.val_dataloader()))[0].shape[0] == 50  # the whole 50-image validation split
+
+
 def serve_archive(monkeypatch, archive: bytes) -> list[str]:
     """Fake the network: every URL answers with ``archive`` (what cs.toronto.edu would send). Returns the URLs asked for."""
     asked = []
@@ -176,24 +135,6 @@ def test_missing_data_is_downloaded_by_default(tmp_path, monkeypatch):
 
 def test_data_present_is_never_downloaded(image_folder, tmp_path):
     make_datamodule(image_folder, tmp_path).prepare_data()  # the conftest network refuses any download
-
-
-@pytest.mark.parametrize("existed", [False, True])
-def test_offline_download_is_one_clear_error_and_leaves_nothing_behind(tmp_path, existed):
-    data_dir = tmp_path / "data"
-    if existed:
-        data_dir.mkdir()
-        (data_dir / "notes.txt").write_text("mine")
-    dm = make_datamodule(data_dir, tmp_path)
-    with pytest.raises(DataSourceError) as error:
-        dm.prepare_data()
-    message = str(error.value)
-    assert message.startswith(f"Could not download CIFAR-10 into {data_dir} (NetworkDisabled:")
-    assert "\n" not in message and "--data.data_dir" in message
-    if existed:
-        assert [p.name for p in data_dir.iterdir()] == ["notes.txt"]
-    else:
-        assert not data_dir.exists()
 
 
 def test_test_split_is_in_a_fixed_random_order_that_any_prefix_samples_fairly(image_folder, tmp_path):

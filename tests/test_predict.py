@@ -7,7 +7,6 @@ in colour, so correct predictions are expected, not just well-formed output.
 from __future__ import annotations
 
 import csv
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,19 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.cli import cli_main
-from cifar_lightning.errors import CheckpointError, DataSourceError
-from cifar_lightning.image_files import read_predict_folder, to_rgb32
+from cifar_lightning.checkpoints import load_classifier
+from cifar_lightning.errors import DataSourceError
+from cifar_lightning.image_files import to_rgb32
 from cifar_lightning.prediction_writer import COLUMNS
 from cifar_lightning.predict import predict_images
 from cifar_lightning.sources import CIFAR10_CLASSES
-from conftest import REPO, synthetic_images
-
-
-def run_cli(monkeypatch: pytest.MonkeyPatch, *args: str):
-    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])  # LightningCLI warns when argv and args both hold arguments
-    return cli_main(list(args))
+from cli_runner import BASE, run_in_process
+from conftest import synthetic_images
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -67,7 +61,7 @@ def test_predict_images_takes_paths_pil_and_tensors(trained, tmp_path):
 
 def test_cli_predicts_the_test_split_to_csv(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_cli(monkeypatch, "predict", "--config", str(REPO / "configs" / "base.yaml"), "--ckpt_path", trained.ckpt,
+    run_in_process(monkeypatch, "predict", "--config", BASE, "--ckpt_path", trained.ckpt,
             "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false")
     rows = read_csv(tmp_path / "predictions" / "predictions.csv")
@@ -107,7 +101,7 @@ def test_cli_predicts_a_folder_of_odd_images(trained, tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_cli(monkeypatch, "predict", "--ckpt_path", trained.ckpt, "--data.predict_dir", str(folder),
+        run_in_process(monkeypatch, "predict", "--ckpt_path", trained.ckpt, "--data.predict_dir", str(folder),
                 "--trainer.enable_progress_bar", "false")
     assert not [w for w in caught if "corrupt.png" in str(w.message)]  # reported once, in the summary
     csv_rows = read_csv(tmp_path / "predictions" / "predictions.csv")
@@ -139,55 +133,8 @@ def test_predict_images_takes_a_list_of_image_tensors(trained):
     assert predict_images(model, [big])[0].class_name == from_paths[0]
 
 
-@pytest.mark.parametrize(("images", "expected"), [
-    (np.zeros((2, 3, 32, 32), dtype=np.uint8), "Cannot predict a ndarray: predict_images takes image file paths"),
-    ([torch.zeros(2, 3, 32, 32, dtype=torch.uint8)], r"Expected each image tensor in a list to be \(3, H, W\)"),
-    ([42], "Cannot predict a int: predict_images takes"),
-])
-def test_predict_images_rejects_other_inputs_naming_what_it_takes(trained, images, expected):
-    with pytest.raises(ValueError, match=expected):
-        predict_images(load_classifier(trained.ckpt), images)
-
-
 def test_to_rgb32_handles_modes_and_sizes():
     transparent = Image.new("RGBA", (50, 20), (10, 200, 30, 0))
     assert to_rgb32(transparent).getpixel((0, 0)) == (255, 255, 255)  # transparency on white, not the hidden colour
     assert to_rgb32(Image.new("L", (7, 300), 90)).getpixel((5, 5)) == (90, 90, 90)
     assert to_rgb32(Image.new("I;16", (33, 33))).size == (32, 32)
-
-
-def test_predict_folder_errors(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataSourceError, match="holds no files"):
-        read_predict_folder(tmp_path / "empty", CIFAR10_CLASSES)
-    with pytest.raises(DataSourceError, match="does not exist"):
-        read_predict_folder(tmp_path / "missing", CIFAR10_CLASSES)
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(DataSourceError, match="None of the 1 files.*a.jpg"):
-        read_predict_folder(tmp_path / "junk", CIFAR10_CLASSES)
-
-
-def test_wrong_checkpoints_raise_checkpoint_error(trained, tmp_path, monkeypatch):
-    ours = torch.load(trained.ckpt, weights_only=True)
-    other_model = {"state_dict": {"layer.weight": torch.zeros(2, 32)}, "hyper_parameters": {"lr": 0.1}}
-    three_classes = {**ours, "hyper_parameters": {**ours["hyper_parameters"], "class_names": ["a", "b", "c"]}}
-    cases = {
-        "missing.ckpt": (None, "No checkpoint file"),
-        "text.ckpt": ("hello", "not a PyTorch checkpoint"),
-        "tensor.ckpt": (torch.zeros(3), "not a Lightning checkpoint"),
-        "other.ckpt": (other_model, "another model: it lacks"),
-        "three.ckpt": (three_classes, "holds a different network from this model \\(other shape: net.classifier"),
-    }
-    for name, (content, message) in cases.items():
-        path = tmp_path / name
-        if isinstance(content, str):
-            path.write_text(content)
-        elif content is not None:
-            torch.save(content, path)
-        with pytest.raises(CheckpointError, match=message):
-            check_checkpoint(path)
-    with pytest.raises(CheckpointError, match="another model"):
-        run_cli(monkeypatch, "predict", "--ckpt_path", str(tmp_path / "other.ckpt"))
-    with pytest.raises(CheckpointError, match="No checkpoint file"):
-        load_classifier(tmp_path / "missing.ckpt")
