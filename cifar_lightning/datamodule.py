@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifar_lightning.augment import BatchAugment
 from cifar_lightning.errors import ConfigError, DataSourceError
-from cifar_lightning.image_files import read_predict_folder
+from cifar_lightning.predict import read_predict_folder
 from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, find_layout, load_split
 
 

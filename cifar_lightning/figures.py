@@ -1,4 +1,8 @@
-"""Matplotlib figures shared by the ``report`` command and the TensorBoard callback.
+"""The pictures: matplotlib figures shared by the ``report`` command and ``TensorBoardFigures``,
+the callback that logs validation predictions each epoch and the test confusion matrix to
+TensorBoard (kept cheap: one grid of ``num_images`` validation images per epoch, one extra
+forward pass and about a second of matplotlib; at test, the logits ``test_step`` returns feed a
+torchmetrics confusion matrix).
 
 Built on ``matplotlib.figure.Figure`` (no pyplot), so nothing depends on a display or a global
 backend and figures are freed when dropped. Images are uint8 (N, 3, 32, 32) as the data module gives them.
@@ -7,11 +11,15 @@ backend and figures are freed when dropped. Images are uint8 (N, 3, 32, 32) as t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
+from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.utilities.plot import plot_confusion_matrix
 
 WRONG = "tab:red"
@@ -191,3 +199,68 @@ def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str], over
            title="Per-class accuracy on the test split")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     return fig
+
+
+def tensorboard(trainer: L.Trainer):
+    """The TensorBoard ``SummaryWriter`` of the trainer's loggers, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class TensorBoardFigures(L.Callback):
+    """Logs ``val/predictions`` (a grid with predicted and true classes) and ``test/confusion_matrix``.
+
+    Args:
+        num_images: Validation images in the grid (spread over the whole set, the same every epoch).
+        columns: Images per row of the grid.
+    """
+
+    def __init__(self, num_images: int = 32, columns: int = 8) -> None:
+        super().__init__()
+        self.num_images, self.columns = num_images, columns
+        self.images = self.labels = None
+        self.picked: list[tuple] = []
+        self.confmat: MulticlassConfusionMatrix | None = None
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.images is not None or trainer.sanity_checking or dataloader_idx != 0:
+            return
+        # Evenly spaced picks from every batch: a validation set sorted by class still shows every class.
+        per_batch = -(-self.num_images // max(1, int(trainer.num_val_batches[0])))
+        images, labels = batch[:2]
+        pick = torch.linspace(0, len(labels) - 1, min(per_batch, len(labels))).long().to(labels.device)
+        self.picked.append((images[pick].detach().cpu(), labels[pick].detach().cpu()))
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.images is None and self.picked:  # the same images every epoch, chosen in the first
+            self.images = torch.cat([images for images, _ in self.picked])[: self.num_images]
+            self.labels = torch.cat([labels for _, labels in self.picked])[: self.num_images]
+            self.picked = []
+        writer = tensorboard(trainer)
+        if writer is None or self.images is None:
+            return
+        with torch.no_grad():
+            probabilities = pl_module.evaluate(self.images.to(pl_module.device)).float().softmax(dim=-1)
+        fig = predictions_figure(self.images, probabilities.cpu(), self.labels, pl_module.class_names,
+                                 self.columns, title=f"Validation, epoch {trainer.current_epoch}")
+        writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.confmat = MulticlassConfusionMatrix(len(pl_module.class_names)).to(pl_module.device)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.confmat.update(outputs["logits"].argmax(dim=-1), batch[1])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        confmat = self.confmat.compute()  # synced across processes
+        writer = tensorboard(trainer)
+        if writer is not None and trainer.is_global_zero:
+            fig = confusion_matrix_figure(confmat, pl_module.class_names, "Confusion matrix, test split")
+            writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
+        self.confmat = None

@@ -2,7 +2,7 @@
 
 - ``POST /predict``, a multipart form with the field ``image`` (any format and size ``predict``
   reads), answers ``{"predictions": [{"class": NAME, "probability": P}, ...]}``, the top 3, most
-  likely first. Images are decoded and resized exactly as ``predict`` does (``image_files.read_image``),
+  likely first. Images are decoded and resized exactly as ``predict`` does (``predict.read_image``),
   so the server and the CLI give the same class for the same file.
 - Bad uploads get a 4xx with ``{"error": "<what was wrong>"}``, never a 500: no ``image`` field, a
   file that is not an image, a body that is not a multipart form (400); over 10 MiB (413). A bad upload
@@ -41,7 +41,7 @@ except ImportError as missing:  # a training-only install
                          "pip install -e '.[serve]' (or '.[dev]').") from None
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.image_files import DECODE_ERRORS, image_to_tensor
+from cifar_lightning.predict import DECODE_ERRORS, image_to_tensor
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it

@@ -26,7 +26,7 @@ from torchvision.datasets import CIFAR10
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.sources import CIFAR10_CLASSES
-from cifar_lightning.tensorboard_figures import TensorBoardFigures
+from cifar_lightning.figures import TensorBoardFigures
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "cifar10"

@@ -15,7 +15,7 @@ import torch
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
 from cifar_lightning.errors import CheckpointError, DataSourceError
 from cifar_lightning.datamodule import CIFAR10DataModule
-from cifar_lightning.image_files import read_predict_folder
+from cifar_lightning.predict import read_predict_folder
 from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.predict import predict_images
 from cifar_lightning.sources import CIFAR10_CLASSES

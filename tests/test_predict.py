@@ -17,7 +17,7 @@ from PIL import Image
 
 from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.errors import DataSourceError
-from cifar_lightning.image_files import to_rgb32
+from cifar_lightning.predict import to_rgb32
 from cifar_lightning.prediction_writer import COLUMNS
 from cifar_lightning.predict import predict_images
 from cifar_lightning.sources import CIFAR10_CLASSES
