@@ -19,7 +19,7 @@ from cifar_lightning.report import (
 )
 from cifar_lightning.sources import CIFAR10_CLASSES
 from conftest import EPOCHS, REPO
-from test_predict import run_cli
+from cli_runner import run_in_process as run_cli
 
 ORIGINAL_HISTORY = REPO / "docs" / "original" / "history.csv"
 
