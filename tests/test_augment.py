@@ -44,7 +44,7 @@ def run_batched(image, n=N, **settings) -> torch.Tensor:
 
 def run_per_image(image, n=N, **settings) -> torch.Tensor:
     torch.manual_seed(2)
-    transform = per_image_transform(**{"rotation_degrees": 17.0, "shift_fraction": 0.1, "horizontal_flip": True,
+    transform = per_image_transform(**{"rotation_degrees": 17.0, "shift_fraction": 0.08, "horizontal_flip": True,
                                        **settings})
     return torch.stack([transform(image) for _ in range(n)]).float() / 255
 
