@@ -9,7 +9,9 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lightning.checkpoints import check_compatible
@@ -38,6 +40,9 @@ class CIFAR10Classifier(L.LightningModule):
         betas: NAdam betas (Keras: 0.9, 0.999).
         eps: NAdam epsilon (Keras: 1e-7; PyTorch's default is 1e-8).
         weight_decay: L2 penalty added by the optimizer (the original: none).
+        decay_norm_and_bias: Apply ``weight_decay`` to BatchNorm weights and all biases too; ``false``
+            decays only conv and dense kernels, as the fast CIFAR-10 recipes do.
+        bn_momentum: BatchNorm's running-statistics momentum (PyTorch's convention; Keras' 0.99 is 0.01).
         momentum_decay: NAdam momentum schedule constant (Keras and PyTorch: 0.004).
         conv_dropout: Dropout after each of the three conv blocks.
         dense_dropout: Dropout after the 64-unit dense layer.
@@ -67,6 +72,8 @@ class CIFAR10Classifier(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-7,
         weight_decay: float = 0.0,
+        decay_norm_and_bias: bool = True,
+        bn_momentum: float = 0.01,
         momentum_decay: float = 0.004,
         conv_dropout: tuple[float, float, float] = (0.2, 0.2, 0.3),
         dense_dropout: float = 0.3,
@@ -80,11 +87,12 @@ class CIFAR10Classifier(L.LightningModule):
         super().__init__()
         check_settings(lr=lr, conv_dropout=conv_dropout, dense_dropout=dense_dropout,
                        label_smoothing=label_smoothing, std=std, class_names=class_names,
-                       momentum=momentum, warmup_fraction=warmup_fraction, weight_decay=weight_decay)
+                       momentum=momentum, warmup_fraction=warmup_fraction, weight_decay=weight_decay,
+                       bn_momentum=bn_momentum)
         self.save_hyperparameters()
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
-        self.net = KerasCIFAR10CNN(num_classes, conv_dropout, dense_dropout)
+        self.net = KerasCIFAR10CNN(num_classes, conv_dropout, dense_dropout, bn_momentum=bn_momentum)
         # Not persistent: they are rebuilt from the hyperparameters, so state_dict holds the network alone.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -169,14 +177,24 @@ class CIFAR10Classifier(L.LightningModule):
         """Refuse, with a clear message, a checkpoint whose layers do not fit this model (``--ckpt_path``)."""
         check_compatible(checkpoint, self.state_dict(), len(self.class_names))
 
+    def parameter_groups(self) -> list[dict]:
+        """One group, or with ``decay_norm_and_bias=False`` two: kernels decayed, the rest (BatchNorm
+        weights, every bias; the 1-D tensors) with ``weight_decay`` 0."""
+        if self.hparams.decay_norm_and_bias:
+            return [{"params": list(self.parameters())}]
+        kernels = [p for p in self.parameters() if p.dim() > 1]
+        others = [p for p in self.parameters() if p.dim() <= 1]
+        return [{"params": kernels}, {"params": others, "weight_decay": 0.0}]
+
     def configure_optimizers(self):
         hp = self.hparams
+        groups = self.parameter_groups()
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, nesterov=True,
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True,
                                         weight_decay=hp.weight_decay)
         else:
             optimizer = torch.optim.NAdam(
-                self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
                 weight_decay=hp.weight_decay, momentum_decay=hp.momentum_decay,
             )
         if hp.lr_schedule == "constant":
@@ -190,13 +208,15 @@ class CIFAR10Classifier(L.LightningModule):
 
 
 def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, class_names,
-                   momentum, warmup_fraction, weight_decay) -> None:
+                   momentum, warmup_fraction, weight_decay, bn_momentum) -> None:
     """Reject values that would train nonsense, naming the setting and its valid range."""
     problems = []
     if not 0 <= momentum < 1:
         problems.append(f"momentum must be in [0, 1), got {momentum}")
     if not 0 < warmup_fraction < 1:
         problems.append(f"warmup_fraction must be in (0, 1), got {warmup_fraction}")
+    if not 0 < bn_momentum <= 1:
+        problems.append(f"bn_momentum must be in (0, 1], got {bn_momentum}")
     if weight_decay < 0:
         problems.append(f"weight_decay must be at least 0, got {weight_decay}")
     if not lr > 0:
@@ -212,3 +232,28 @@ def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, cla
         problems.append(f"class_names must be at least two distinct names, got {list(class_names)}")
     if problems:
         raise ConfigError("Invalid model settings: " + "; ".join(problems) + ".")
+
+
+class EMAWeightAveraging(WeightAveraging):
+    """An exponential moving average of the weights, through Lightning's ``WeightAveraging``
+    (PyTorch's ``get_ema_multi_avg_fn``): validation, test and the saved checkpoints use the
+    average, training continues on the raw weights. In YAML::
+
+        - class_path: cifar_lightning.module.EMAWeightAveraging
+          init_args: {decay: 0.999, start_step: 100}
+
+    Args:
+        decay: Weight of the running average at each update (0.999: about the last 1,000 steps).
+        start_step: Optimizer steps before the first update, so early noisy weights are left out.
+        every_n_steps: Update the average every this many optimizer steps.
+    """
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1) -> None:
+        if not 0 < decay < 1 or start_step < 0 or every_n_steps < 1:
+            raise ConfigError(f"EMA decay must be in (0, 1), start_step at least 0 and every_n_steps at least 1, "
+                              f"got {decay}, {start_step} and {every_n_steps}.")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.start_step, self.every_n_steps = start_step, every_n_steps
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0

@@ -57,20 +57,20 @@ class ExpELU(nn.ELU):
         return _ExpELUFunction.apply(x) if x.device.type == "cpu" else F.elu(x)
 
 
-def conv_bn_elu(in_channels: int, out_channels: int) -> list[nn.Module]:
+def conv_bn_elu(in_channels: int, out_channels: int, bn_momentum: float = KERAS_BN_MOMENTUM) -> list[nn.Module]:
     """3x3 'same' conv, then BatchNorm, then ELU: the order the original uses in every layer."""
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
-        nn.BatchNorm2d(out_channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM),
+        nn.BatchNorm2d(out_channels, eps=KERAS_BN_EPS, momentum=bn_momentum),
         ExpELU(),
     ]
 
 
-def conv_block(in_channels: int, out_channels: int, dropout: float) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, dropout: float, bn_momentum: float = KERAS_BN_MOMENTUM) -> nn.Sequential:
     """Two conv layers, 2x2 max pooling with stride 2, dropout."""
     return nn.Sequential(
-        *conv_bn_elu(in_channels, out_channels),
-        *conv_bn_elu(out_channels, out_channels),
+        *conv_bn_elu(in_channels, out_channels, bn_momentum),
+        *conv_bn_elu(out_channels, out_channels, bn_momentum),
         nn.MaxPool2d(kernel_size=2, stride=2),
         nn.Dropout(dropout),
     )
@@ -85,6 +85,8 @@ class KerasCIFAR10CNN(nn.Module):
         dense_dropout: Dropout after the 64-unit dense layer.
         widths: Filters of the three conv blocks.
         hidden: Units of the dense layer before the classifier.
+        bn_momentum: Weight of each new batch in BatchNorm's running statistics (PyTorch's convention;
+            Keras' 0.99 is 0.01 here). A recipe may raise it: the same layers, other running averages.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class KerasCIFAR10CNN(nn.Module):
         dense_dropout: float = 0.3,
         widths: Sequence[int] = (32, 64, 128),
         hidden: int = 64,
+        bn_momentum: float = KERAS_BN_MOMENTUM,
     ) -> None:
         super().__init__()
         if len(conv_dropout) != len(widths):
@@ -103,13 +106,13 @@ class KerasCIFAR10CNN(nn.Module):
             )
         blocks, in_channels = [], 3
         for width, rate in zip(widths, conv_dropout):
-            blocks.append(conv_block(in_channels, width, rate))
+            blocks.append(conv_block(in_channels, width, rate, bn_momentum))
             in_channels = width
         self.features = nn.Sequential(*blocks)  # (B, 3, 32, 32) -> (B, 128, 4, 4)
         self.classifier = nn.Sequential(
             nn.Flatten(),  # (B, 2048)
             nn.Linear(in_channels * 4 * 4, hidden),
-            nn.BatchNorm1d(hidden, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM),
+            nn.BatchNorm1d(hidden, eps=KERAS_BN_EPS, momentum=bn_momentum),
             ExpELU(),
             nn.Dropout(dense_dropout),
             nn.Linear(hidden, num_classes),  # logits; softmax lives in the loss / predict

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cifar_lightning import CIFAR10Classifier
+from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
 from cifar_lightning.augment import BatchRandomCrop
 from cifar_lightning.checkpoints import load_classifier
+from cifar_lightning.module import EMAWeightAveraging
 from cifar_lightning.cli import cli_main
 from cifar_lightning.predict import predict_probabilities
 from cifar_lightning.sources import load_split
@@ -119,3 +120,54 @@ def test_fast_config_builds_the_original_network_with_the_fast_recipe(tmp_path, 
     assert (hp.optimizer, hp.lr_schedule, hp.tta_flip) == ("sgd", "onecycle", False)
     assert isinstance(data.augment, BatchRandomCrop) and data.augment.padding == 4
     assert cli.trainer.max_epochs <= 100
+
+
+def test_val_size_zero_trains_on_every_image_and_skips_validation(image_folder, tmp_path):
+    data = CIFAR10DataModule(str(image_folder), val_size=0, batch_size=50, cache_dir=None)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(CIFAR10Classifier(), datamodule=data)
+    assert len(data.train_set) == 200 and len(data.val_set) == 0
+    assert trainer.global_step == 4 and "val/acc" not in trainer.callback_metrics
+
+
+def test_bn_momentum_and_weight_decay_groups_are_settings_of_the_same_network():
+    keras = CIFAR10Classifier()
+    assert {m.momentum for m in keras.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {0.01}
+    assert len(keras.configure_optimizers().param_groups) == 1
+    fast = CIFAR10Classifier(bn_momentum=0.4, weight_decay=5e-4, decay_norm_and_bias=False)
+    assert {m.momentum for m in fast.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)} == {0.4}
+    assert sum(p.numel() for p in fast.net.parameters()) == sum(p.numel() for p in keras.net.parameters())
+    kernels, others = fast.configure_optimizers().param_groups
+    assert kernels["weight_decay"] == 5e-4 and others["weight_decay"] == 0.0
+    assert all(p.dim() == 4 or p.dim() == 2 for p in kernels["params"]) and all(p.dim() == 1 for p in others["params"])
+    assert len(kernels["params"]) == 8 and len(others["params"]) == 8 + 14  # 6 conv + 2 dense kernels; biases, BN
+
+
+class RecordWeights(L.Callback):
+    """The raw weights after every optimizer step (Lightning's averaging callback runs after this one)."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.steps.append({k: v.detach().clone() for k, v in pl_module.net.named_parameters()})
+
+
+def test_ema_callback_leaves_the_moving_average_of_the_weights_in_the_model(image_folder):
+    data = CIFAR10DataModule(str(image_folder), val_size=50, batch_size=25, cache_dir=None)
+    record, ema = RecordWeights(), EMAWeightAveraging(decay=0.5, start_step=2)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[record, ema])
+    model = CIFAR10Classifier()
+    trainer.fit(model, datamodule=data)
+    updated = [weights for step, weights in enumerate(record.steps) if ema.should_update(step_idx=step)]  # 0-based
+    assert 0 < len(updated) < len(record.steps)  # start_step left the first steps out
+    expected = dict(updated[0])
+    for weights in updated[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * weights[k] for k in expected}
+    final = dict(model.net.named_parameters())
+    assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
+    assert not torch.allclose(final["features.0.0.weight"], record.steps[-1]["features.0.0.weight"])
+    with pytest.raises(ValueError, match="EMA decay must be in"):
+        EMAWeightAveraging(decay=1.0)
