@@ -1,4 +1,5 @@
-"""``python -m cifar_lightning {fit,validate,test,predict,report}``: LightningCLI with a few additions.
+"""``python -m cifar_lightning {fit,validate,test,predict,report,export,serve}``: LightningCLI with a
+few additions.
 
 - Precision is picked from the hardware when the config leaves it unset (``precision.py``), and
   one line at the start says which, why, and how to override it.
@@ -6,7 +7,10 @@
   ``model.evaluate`` on the test set.
 - ``--ckpt_path`` is checked first, so a missing or foreign file is a clear ``CheckpointError``.
 - ``predict`` writes a CSV (``CSVPredictionWriter``) even when the config names no writer.
-- ``report`` (pictures of a checkpoint, see ``report.py``) is its own small typed command.
+- ``report``, ``export`` and ``serve`` are plain functions with typed arguments (``auto_cli``);
+  ``--help`` lists every subcommand in whole sentences.
+- Data is downloaded and decoded before Lightning creates the run's log folder; messages a user
+  cannot act on (an advert, Lightning's internal deprecations) are silenced by their exact text.
 - Reliability (docs/reliability.md): the checkpoint and log folders are checked before any work;
   an interrupted ``fit`` saves ``last.ckpt`` and says how to resume; checkpoints are written
   atomically and carry the random generators' states; ``main`` turns a ``UserInputError`` into
@@ -17,15 +21,15 @@
 from __future__ import annotations
 
 import importlib
-import os
 import logging
+import os
 import shlex
-import tempfile
 import signal
 import sys
+import tempfile
 import warnings
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -195,9 +199,8 @@ class CIFAR10CLI(LightningCLI):
         """Download and decode before Lightning creates the run's log folder, so that bad data is an
         error with no empty ``version_N`` left behind. In a multi-process run the launching process
         does it first (other ranks start later, inside ``trainer.fit``) and they find it done."""
-        stage = "fit" if self.subcommand == "fit" else self.subcommand
         self.datamodule.prepare_data()
-        self.datamodule.setup(stage)
+        self.datamodule.setup(self.subcommand)
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
