@@ -179,11 +179,8 @@ def device_name(device: str) -> str:
 
 
 def augmentation(datamodule) -> str:
-    """The data module's training augmentation in words: its module's repr, or the setting that names it."""
-    modules = [m for m in vars(datamodule).values() if isinstance(m, torch.nn.Module)]
-    if modules:
-        return " ".join(repr(modules[0]).split())
-    return str(datamodule.hparams.get("augmentation", "none"))
+    """The data module's training augmentation (``data.augment``) in words."""
+    return " ".join(repr(datamodule.augment).split()) if datamodule.augment is not None else "none"
 
 
 def sync(device: torch.device) -> None:

@@ -43,7 +43,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from cifar_lightning.checkpoint_io import AtomicCheckpointIO, RNGStateCheckpoint
 from cifar_lightning.checkpoints import check_checkpoint, check_class_count
 from cifar_lightning.datamodule import CIFAR10DataModule
-from cifar_lightning.errors import UserInputError
+from cifar_lightning.errors import ConfigError, UserInputError
 from cifar_lightning.module import CIFAR10Classifier
 from cifar_lightning.precision import auto_precision, uses_cuda
 from cifar_lightning.prediction_writer import CSVPredictionWriter
@@ -178,6 +178,12 @@ class CIFAR10CLI(LightningCLI):
         folders = [("checkpoints", cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
         folders += [("logs", lg.save_dir) for lg in trainer.loggers if getattr(lg, "save_dir", None)]
         check_writable(folders)
+        if self.datamodule.hparams.val_size == 0:
+            monitors = sorted({cb.monitor for cb in trainer.callbacks if getattr(cb, "monitor", None)})
+            if any(monitor.startswith("val/") for monitor in monitors):
+                raise ConfigError(f"val_size 0 holds out no images, but {', '.join(monitors)} is monitored "
+                                  "(EarlyStopping or ModelCheckpoint): hold out some images, or use a config "
+                                  "that monitors nothing (configs/fast.yaml).")
         self.before_validate()
 
     def before_validate(self) -> None:
@@ -197,10 +203,19 @@ class CIFAR10CLI(LightningCLI):
 
     def load_data(self) -> None:
         """Download and decode before Lightning creates the run's log folder, so that bad data is an
-        error with no empty ``version_N`` left behind. In a multi-process run the launching process
-        does it first (other ranks start later, inside ``trainer.fit``) and they find it done."""
-        self.datamodule.prepare_data()
-        self.datamodule.setup(self.subcommand)
+        error with no empty ``version_N`` left behind; ``fit`` reads the test split too, so a broken
+        one stops it before training, not after. Only where this process launches any others (one
+        process, or Lightning's own launcher, whose ranks start later and find it done): ranks that
+        torchrun or SLURM start together leave it to Lightning (rank 0 downloads, the others wait)."""
+        environment = getattr(self.trainer.strategy, "cluster_environment", None)  # None: one process
+        if environment is not None and environment.creates_processes_externally:
+            return
+        data = self.datamodule
+        if not (self.subcommand == "predict" and data.hparams.predict_dir is not None):
+            data.prepare_data()  # a folder to predict needs no CIFAR-10
+        data.setup(self.subcommand)
+        if self.subcommand == "fit":
+            data.setup("test")
 
     def _run_subcommand(self, subcommand: str) -> None:
         # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
@@ -234,18 +249,22 @@ class CIFAR10CLI(LightningCLI):
                     skip = arg == "--ckpt_path"
                     continue
                 args.append(arg)
-            command = "python -m cifar_lightning " + shlex.join([*args, "--ckpt_path", "last"])
+            command = f"{program_name()} " + shlex.join([*args, "--ckpt_path", "last"])
         return f"{what} {saved} {last}. Resume with:\n  {command}"
 
     def after_fit(self) -> None:
-        """Test the best checkpoint in the same command, as the original evaluates its restored weights."""
+        """Test the result in the same command, as the original evaluates its restored weights: the best
+        checkpoint where one is chosen by a score (base.yaml), else the final weights as they are in
+        memory (fast.yaml; with weight averaging, the average, which is also what its checkpoint holds)."""
         trainer = self.trainer
         if trainer.interrupted or trainer.fast_dev_run:
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else ""
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         if trainer.is_global_zero and results:
-            where = f"best checkpoint {best}" if best else "final weights (no checkpoint was kept)"
+            saved = checkpoint.last_model_path or checkpoint.best_model_path if checkpoint is not None else ""
+            where = f"best checkpoint {best}" if best else f"final weights{f' ({saved})' if saved else ''}"
             print(f"Test accuracy of the {where}: {results[0]['test/acc']:.4f}")
 
 

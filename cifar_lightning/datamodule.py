@@ -131,8 +131,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.skipped_files: list[str] = []  # predict_dir files that were not readable images
 
     def prepare_data(self) -> None:
-        """Only downloads, where neither layout is present: Lightning calls this on one process per node."""
-        predicting_a_folder = self.hparams.predict_dir is not None and (self.trainer is None or self.trainer.predicting)
+        """Only downloads, where neither layout is present: Lightning calls this on local rank 0 only
+        (per node) and makes the other ranks wait."""
+        predicting_a_folder = self.hparams.predict_dir is not None and self.trainer is not None and self.trainer.predicting
         if self.hparams.download and not predicting_a_folder:  # a predict folder needs no CIFAR-10
             download_if_missing(Path(self.hparams.data_dir).expanduser())
 

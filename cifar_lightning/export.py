@@ -129,6 +129,9 @@ def export_onnx(ckpt_path: str, output: str = "model.onnx", tta_flip: bool | Non
     os.close(handle)
     try:
         program.save(partial, external_data=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # mkstemp made it private (0600); a model file is for everyone
         os.replace(partial, path)
     except OSError as error:
         raise ExportError(f"Cannot write the ONNX file to {path.resolve()} ({error.strerror or error}).") from None

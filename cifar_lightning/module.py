@@ -1,4 +1,4 @@
-"""The LightningModule: the Keras network, its input scaling, loss, metrics and optimizer."""
+"""The LightningModule: the Keras network, its input scaling, loss, metrics, optimizer and schedule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import WeightAveraging
 from torch import Tensor
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 from cifar_lightning.checkpoints import check_compatible
@@ -232,28 +230,3 @@ def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, cla
         problems.append(f"class_names must be at least two distinct names, got {list(class_names)}")
     if problems:
         raise ConfigError("Invalid model settings: " + "; ".join(problems) + ".")
-
-
-class EMAWeightAveraging(WeightAveraging):
-    """An exponential moving average of the weights, through Lightning's ``WeightAveraging``
-    (PyTorch's ``get_ema_multi_avg_fn``): validation, test and the saved checkpoints use the
-    average, training continues on the raw weights. In YAML::
-
-        - class_path: cifar_lightning.module.EMAWeightAveraging
-          init_args: {decay: 0.999, start_step: 100}
-
-    Args:
-        decay: Weight of the running average at each update (0.999: about the last 1,000 steps).
-        start_step: Optimizer steps before the first update, so early noisy weights are left out.
-        every_n_steps: Update the average every this many optimizer steps.
-    """
-
-    def __init__(self, decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1) -> None:
-        if not 0 < decay < 1 or start_step < 0 or every_n_steps < 1:
-            raise ConfigError(f"EMA decay must be in (0, 1), start_step at least 0 and every_n_steps at least 1, "
-                              f"got {decay}, {start_step} and {every_n_steps}.")
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.start_step, self.every_n_steps = start_step, every_n_steps
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0

@@ -25,7 +25,7 @@ def cpu_has_native_bf16() -> bool:
 def auto_precision(accelerator: object) -> tuple[str, str]:
     """(precision, the reason in words) for the device the trainer will use."""
     if uses_cuda(accelerator):
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):  # pre-Ampere GPUs only emulate it
             return "bf16-mixed", "this GPU computes bf16 natively"
         return "16-mixed", "this GPU has no bf16, so fp16 mixed precision"
     if cpu_has_native_bf16():

@@ -6,7 +6,7 @@ the HTTP service. Paths, Pillow images or tensors in, class names and probabilit
     from cifar_lightning.checkpoints import load_classifier
     from cifar_lightning.predict import predict_images
 
-    model = load_classifier("checkpoints/last.ckpt")  # or CIFAR10Classifier.load_from_checkpoint(...)
+    model = load_classifier("checkpoints/cifar10_cnn.ckpt")  # or CIFAR10Classifier.load_from_checkpoint(...)
     for p in predict_images(model, ["cat.jpg", "ship.png"]):
         print(p.class_name, p.probability, p.top(3))
 """

@@ -1,4 +1,5 @@
-"""Read CIFAR-10 once into uint8 tensors, from either layout, and cache the result on disk.
+"""Read CIFAR-10 once into uint8 tensors, from either layout (downloading torchvision's files where
+neither is present), and cache the result on disk.
 
 Decoding 60,000 PNGs takes far longer than a training step, so both sources end up as one
 ``(N, 3, 32, 32)`` uint8 tensor per split (about 180 MB for all of CIFAR-10) that later runs
@@ -58,8 +59,8 @@ def download_if_missing(data_dir: Path) -> None:
     A failed download (offline, say) is one clear ``DataSourceError``, and whatever the attempt
     created (the folder itself, a partial archive) is removed, so the next run sees what it saw before.
     """
-    if (data_dir / TORCHVISION_FOLDER).is_dir() or ((data_dir / "train").is_dir() and (data_dir / "test").is_dir()):
-        return
+    if (data_dir / TORCHVISION_FOLDER).exists() or (data_dir / "train").exists() or (data_dir / "test").exists():
+        return  # present, or half present: reading it names what is missing rather than downloading beside it
     existed = set(data_dir.iterdir()) if data_dir.is_dir() else None
     try:
         for train in (True, False):

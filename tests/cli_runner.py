@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cifar_lightning.cli import cli_main, main
-from conftest import REPO, write_image_folder  # noqa: F401 (write_image_folder: re-exported)
+from conftest import REPO
 
 TESTS = Path(__file__).resolve().parent
 BASE = str(REPO / "configs" / "base.yaml")

@@ -88,6 +88,13 @@ def torchvision_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return write_torchvision_folder(tmp_path / "tv")
 
 
+@pytest.fixture(scope="session")
+def decode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One decode cache for the session's real-data tests, outside the checkout (decoding the 60,000
+    real images takes ~20 s once; each test after the first loads them in about a second)."""
+    return tmp_path_factory.mktemp("decode_cache")
+
+
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "train").is_dir():

@@ -5,6 +5,7 @@ Python API with a clear exception, before any work is lost."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,13 +14,13 @@ import pytest
 import torch
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.errors import CheckpointError, DataSourceError
 from cifar_lightning.datamodule import CIFAR10DataModule
-from cifar_lightning.predict import read_predict_folder
+from cifar_lightning.errors import CheckpointError, DataSourceError
 from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.predict import predict_images
+from cifar_lightning.predict import predict_images, read_predict_folder
 from cifar_lightning.sources import CIFAR10_CLASSES
-from cli_runner import FAST, fit_args, run_failing, run_in_process, start_fit, write_image_folder
+from cli_runner import FAST, fit_args, run_failing, run_in_process, start_fit
+from conftest import write_image_folder
 
 
 @pytest.fixture
@@ -41,6 +42,8 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ("misnamed_class", "missing ['cat'], unexpected ['cats']"),
         ("junk_files", "2 of 21 files are not readable 32x32 images:"),
         ("empty_class", "The class folder {data}/train/cat holds no files."),
+        ("broken_test_split", "The class folders in {data}/test are not the ten CIFAR-10 classes: missing ['truck']"),
+        ("half_present", "No CIFAR-10 data found in {data}."),
         ("val_too_large", "val_size=20 leaves no training images: the training split has 20."),
     ],
 )
@@ -59,6 +62,10 @@ def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, 
         (data / "train" / "zebra").mkdir()
     elif breakage == "misnamed_class":
         (data / "train" / "cat").rename(data / "train" / "cats")
+    elif breakage == "broken_test_split":  # found before training, not after hours of it
+        shutil.rmtree(data / "test" / "truck")
+    elif breakage == "half_present":  # train/ without test/: named, not downloaded beside it
+        shutil.rmtree(data / "test")
     elif breakage == "empty_class":
         for file in (data / "train" / "cat").iterdir():
             file.unlink()
@@ -66,8 +73,9 @@ def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, 
         (data / "train" / "cat" / "notes.txt").write_text("not an image")
         png = (data / "train" / "dog" / "00010.png").read_bytes()
         (data / "train" / "dog" / "00010.png").write_bytes(png[: len(png) // 2])
-    download = "true" if breakage.endswith("offline") else "false"  # the network is faked offline (conftest)
-    err = run_failing(fit_args(data, cwd / "cache", "--trainer.max_epochs", "1", "--data.val_size", "20",
+    download = "true" if breakage.endswith("offline") or breakage == "half_present" else "false"  # faked offline (conftest)
+    err = run_failing(fit_args(data, cwd / "cache", "--trainer.max_epochs", "1",
+                           "--data.val_size", "20" if breakage == "val_too_large" else "10",
                            "--data.download", download), capsys)
     assert expected.format(data=data) in err
     if breakage == "missing":  # the message shows both layouts the data may come in
@@ -77,7 +85,7 @@ def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, 
     assert not (cwd / "lightning_logs").exists() or not list((cwd / "lightning_logs").rglob("version_*"))
     if breakage == "junk_files":
         assert "notes.txt" in err and "00010.png" in err and "never silently skipped" in err
-    assert not list(cwd.glob("checkpoints/*.ckpt"))
+    assert not list(cwd.rglob("*.ckpt"))  # stopped before any training
 
 
 @pytest.mark.parametrize(
@@ -93,6 +101,7 @@ def test_bad_data_is_one_clear_message(breakage: str, expected: str, cwd: Path, 
         (["--data.val_size", "-5"], "val_size must be at least 0 (images held out for validation; 0 trains on all), got -5."),
         (["--data.augment.shift_fraction", "1.5"], "shift_fraction must be in [0, 1) and rotation_degrees at least 0"),
         (["--config", FAST, "--data.augment.padding", "16"], "The random crop's padding must be in [0, 16) pixels, got 16."),
+        (["--data.val_size", "0"], "val_size 0 holds out no images, but val/acc is monitored (EarlyStopping or ModelCheckpoint)"),
     ],
 )
 def test_settings_out_of_range(args: list[str], expected: str, data: Path, cwd: Path, capsys) -> None:

@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cifar_lightning import CIFAR10Classifier
 from cifar_lightning.cli import FUNCTION_SUBCOMMANDS, SUBCOMMANDS
 
-from cli_runner import BASE, run_process, write_image_folder
+from cli_runner import BASE, run_process
+from conftest import write_image_folder
 
 
 def tiny_overrides(data_dir: Path, tmp_path: Path) -> list[str]:

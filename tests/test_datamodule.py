@@ -133,8 +133,10 @@ def test_missing_data_is_downloaded_by_default(tmp_path, monkeypatch):
     assert len(dm.train_set) + len(dm.val_set) == 40
 
 
-def test_data_present_is_never_downloaded(image_folder, tmp_path):
-    make_datamodule(image_folder, tmp_path).prepare_data()  # the conftest network refuses any download
+def test_data_present_is_never_downloaded(image_folder, tmp_path, monkeypatch):
+    asked = serve_archive(monkeypatch, b"")
+    make_datamodule(image_folder, tmp_path).prepare_data()
+    assert asked == []
 
 
 def test_test_split_is_in_a_fixed_random_order_that_any_prefix_samples_fairly(image_folder, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import numpy as np
@@ -13,7 +15,7 @@ from cifar_lightning.cli import cli_main, main
 from cifar_lightning.predict import predict_probabilities
 from cifar_lightning.sources import CIFAR10_CLASSES, load_split
 
-from conftest import REPO
+
 from serving import SHIPPED_CKPT
 
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed: pip install -e '.[dev]'")
@@ -31,6 +33,9 @@ def shipped_onnx(tmp_path_factory):
     """The shipped checkpoint exported once through the CLI."""
     path = tmp_path_factory.mktemp("onnx") / "cifar10_cnn.onnx"
     cli_main(["export", "--ckpt_path", str(SHIPPED_CKPT), "--output", str(path)])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by whoever serves it, as any new file
     return path
 
 
@@ -95,9 +100,9 @@ def test_export_bad_input_is_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_onnx_agrees_with_pytorch_on_the_real_test_images(shipped_onnx, real_data):
+def test_onnx_agrees_with_pytorch_on_the_real_test_images(shipped_onnx, real_data, decode_cache):
     """All 10,000 real test images: the same top-1 class for >= 99.9% and probabilities within 1e-4."""
-    images = load_split(real_data, train=False, cache_dir=REPO / ".cache/cifar_lightning").images
+    images = load_split(real_data, train=False, cache_dir=decode_cache).images
     expected = predict_probabilities(load_classifier(SHIPPED_CKPT), images).numpy()
     onnx_model = session(shipped_onnx)
     got = np.concatenate([onnx_model.run(None, {"images": chunk.numpy()})[0] for chunk in images.split(1000)])

@@ -37,7 +37,8 @@ def test_cpu_gets_bf16_only_where_it_is_native(monkeypatch, cpu_only, avx512_bf1
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16-mixed"), (False, "16-mixed")])
 def test_cuda_gets_mixed_precision(monkeypatch, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    # Emulated bf16 (V100, T4) must not count: answer True only when the caller excludes emulation.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16 or including_emulation)
     fake_cpu(monkeypatch, False, False)
     assert auto_precision("auto")[0] == expected
     assert auto_precision("gpu")[0] == expected

@@ -56,8 +56,8 @@ def kind(command: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What a fresh clone holds, beside a link to ``../shared``, sharing this checkout's decode cache."""
+def clone(tmp_path_factory: pytest.TempPathFactory, decode_cache: Path) -> Path:
+    """What a fresh clone holds, beside a link to ``../shared``, sharing the session's decode cache."""
     root = tmp_path_factory.mktemp("readme")
     repo = root / "repo"
     repo.mkdir()
@@ -66,8 +66,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (repo / "checkpoints").mkdir()
     for shipped in (REPO / "checkpoints").glob("*.ckpt"):
         shutil.copy(shipped, repo / "checkpoints")
-    (REPO / ".cache").mkdir(exist_ok=True)
-    (repo / ".cache").symlink_to(REPO / ".cache")
+    (repo / ".cache").mkdir()
+    (repo / ".cache" / "cifar_lightning").symlink_to(decode_cache)
     (root / "shared").symlink_to(REPO.parent / "shared")
     return repo
 
