@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from cifar_lightning.augment import to_unit_float
 from cifar_lightning.checkpoints import check_compatible
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.augment import to_unit_float
 from cifar_lightning.network import KerasCIFAR10CNN, fold_batchnorm
 from cifar_lightning.sources import CIFAR10_CLASSES
 

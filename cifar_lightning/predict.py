@@ -32,6 +32,7 @@ from cifar_lightning.sources import DECODE_ERRORS, IMAGE_SIZE
 if TYPE_CHECKING:  # the data module imports this module; the model is only a type here
     from cifar_lightning.module import CIFAR10Classifier
 
+
 @dataclass(frozen=True)
 class ImageFolder:
     """Decoded images of a predict folder, with what was skipped and why."""

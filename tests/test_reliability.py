@@ -187,5 +187,3 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     assert sorted(int(row.split(",")[0]) for row in rows) == list(range(20))
 
 
-# --- bad input: one message, exit status 2, no traceback --------------------------------------
-
