@@ -32,9 +32,10 @@ def run_process(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Compl
     return result
 
 
-def run_in_process(monkeypatch: pytest.MonkeyPatch, *args: str):
+def run_in_process(monkeypatch: pytest.MonkeyPatch, *args: str, run: bool = True):
+    """``cli_main(args)`` in this process; ``run=False`` only builds trainer, model and data from the config."""
     monkeypatch.setattr(sys, "argv", ["cifar_lightning"])  # LightningCLI warns when argv and args both hold arguments
-    return cli_main(list(args))
+    return cli_main(list(args), run=run)
 
 
 def run_failing(args: list[str], capsys: pytest.CaptureFixture) -> str:

@@ -5,7 +5,6 @@ config itself building the original network."""
 from __future__ import annotations
 
 import csv
-import sys
 
 import lightning as L
 import pytest
@@ -16,7 +15,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
 from cifar_lightning.augment import BatchRandomCrop
 from cifar_lightning.checkpoints import load_classifier
-from cifar_lightning.cli import cli_main
 from cifar_lightning.predict import predict_probabilities
 from cifar_lightning.sources import load_split
 from cli_runner import run_in_process
@@ -93,10 +91,9 @@ def test_tta_flip_averages_the_probabilities_of_image_and_mirror_image():
 
 def test_tta_flip_from_the_command_line_applies_to_a_checkpoint_trained_without_it(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
-    cli_main(["predict", "--config", FAST, "--ckpt_path", trained.ckpt, "--model.tta_flip", "true",
-              "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
-              "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true"])
+    run_in_process(monkeypatch, "predict", "--config", FAST, "--ckpt_path", trained.ckpt, "--model.tta_flip", "true",
+                   "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
+                   "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true")
     with open(tmp_path / "predictions" / "predictions.csv", newline="") as file:
         rows = sorted(csv.DictReader(file), key=lambda row: int(row["image"]))  # by index in the source
         from_cli = [float(row["probability"]) for row in rows]
@@ -111,8 +108,7 @@ def test_tta_flip_from_the_command_line_applies_to_a_checkpoint_trained_without_
 
 
 def test_fast_config_builds_the_original_network_with_the_fast_recipe(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
-    cli = cli_main(["--config", FAST, "--data.data_dir", str(tmp_path)], run=False)
+    cli = run_in_process(monkeypatch, "--config", FAST, "--data.data_dir", str(tmp_path), run=False)
     model, data = cli.model, cli.datamodule
     trainable = sum(p.numel() for p in model.net.parameters())
     running_stats = sum(b.numel() for name, b in model.net.named_buffers() if name.endswith(("running_mean", "running_var")))

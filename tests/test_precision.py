@@ -2,16 +2,14 @@
 that would emulate it, each branch reached by faking what PyTorch reports."""
 
 import logging
-import sys
 
 import pytest
 import torch
 
 from cifar_lightning import precision
-from cifar_lightning.cli import cli_main
 from cifar_lightning.precision import auto_precision
 
-from conftest import REPO
+from cli_runner import BASE, run_in_process
 
 
 @pytest.fixture
@@ -50,8 +48,7 @@ def test_cli_applies_the_rule_and_says_so_in_one_line(monkeypatch, tmp_path, cap
     caplog.set_level(logging.INFO, logger="lightning.pytorch")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
-    cli = cli_main(["--config", str(REPO / "configs" / "base.yaml")], run=False)
+    cli = run_in_process(monkeypatch, "--config", BASE, run=False)
     assert cli.trainer.precision == expected
     lines = [message for message in caplog.messages if message.startswith("Precision ")]
     assert len(lines) == 1 and lines[0].startswith(f"Precision {expected}: ")
@@ -61,6 +58,5 @@ def test_cli_applies_the_rule_and_says_so_in_one_line(monkeypatch, tmp_path, cap
 def test_precision_in_the_config_wins(monkeypatch, tmp_path, cpu_only):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cifar_lightning"])
-    cli = cli_main(["--config", str(REPO / "configs" / "base.yaml"), "--trainer.precision", "32-true"], run=False)
+    cli = run_in_process(monkeypatch, "--config", BASE, "--trainer.precision", "32-true", run=False)
     assert cli.trainer.precision == "32-true"

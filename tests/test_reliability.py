@@ -185,5 +185,3 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     (csv_file,) = (tmp_path / "predictions").iterdir()
     rows = csv_file.read_text().splitlines()[1:]
     assert sorted(int(row.split(",")[0]) for row in rows) == list(range(20))
-
-
