@@ -52,7 +52,7 @@ from lightning.pytorch.callbacks import Callback
 from cifar_lightning.cli import cli_main
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.precision import cpu_has_native_bf16
+from cifar_lightning.precision import auto_precision
 from cifar_lightning.sources import find_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,14 +160,10 @@ def has_cifar10(data_dir: Path) -> bool:
 
 
 def native_bf16(device: str) -> tuple[bool, str]:
-    """Whether bf16 is timed, and why: only where the hardware computes it (elsewhere it is emulated, many times slower)."""
-    if device == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return True, "this GPU computes bf16 natively"
-        return False, "this GPU has no bf16"
-    if cpu_has_native_bf16():
-        return True, "this CPU computes bf16 natively (AVX512_BF16 or AMX)"
-    return False, "this CPU has no native bf16 (AVX512_BF16 or AMX) and would emulate it, many times slower"
+    """Whether bf16 is timed, and why: where the CLI's automatic precision would pick it, i.e. where
+    the hardware computes it natively (elsewhere it is emulated, many times slower)."""
+    precision, why = auto_precision(device)
+    return precision == "bf16-mixed", why
 
 
 def device_name(device: str) -> str:

@@ -98,7 +98,7 @@ def check_writable(folders: Iterable[tuple[str, str | os.PathLike]]) -> None:
                 pass
         except OSError as error:
             raise UserInputError(
-                f"Cannot write {what} to {folder.resolve()} ({error.strerror or error}). Run from a folder you "
+                f"Cannot write {what} to {folder} ({error.strerror or error}). Run from a folder you "
                 "can write to, or point the config at one (ModelCheckpoint dirpath, logger save_dir)."
             ) from None
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from cifar_lightning.augment import BatchAugment
 from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.predict import read_predict_folder
-from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, find_layout, load_split
+from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, load_split
 
 
 class InMemoryImages(Dataset):
@@ -146,8 +146,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                     f"val_size={hp.val_size} leaves no training images: the training split has "
                     f"{len(full.labels)}. Choose a val_size below that (the original recipe holds out 10000)."
                 )
-            source_order = find_layout(Path(hp.data_dir).expanduser().resolve()) == "torchvision"
-            train_idx, val_idx = holdout_split(len(full.labels), hp.val_size, hp.seed, source_order)
+            train_idx, val_idx = holdout_split(len(full.labels), hp.val_size, hp.seed, full.source_order)
             self.train_set = InMemoryImages(Split(full.images[train_idx], full.labels[train_idx]))
             self.val_set = InMemoryImages(Split(full.images[val_idx], full.labels[val_idx]))
         if stage == "test" or (stage == "predict" and hp.predict_dir is None):

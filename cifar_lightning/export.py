@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cifar_lightning.augment import to_unit_float
 from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
@@ -60,7 +61,7 @@ class ProbabilitiesModel(nn.Module):
         self.tta_flip = tta_flip
 
     def forward(self, images: Tensor) -> Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
+        x = (to_unit_float(images) - self.mean) / self.std
         if not self.tta_flip:
             return self.net(x).softmax(dim=-1)
         n = x.shape[0]  # slices, not chunk(2): chunk would fix the exported batch size

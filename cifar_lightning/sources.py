@@ -40,6 +40,7 @@ class Split:
 
     images: Tensor  # (N, 3, 32, 32) uint8
     labels: Tensor  # (N,) int64
+    source_order: bool = False  # in torchvision's file order (the original's); image folders lose it
 
 
 def describe_layouts(data_dir: Path) -> str:
@@ -102,7 +103,7 @@ def load_split(data_dir: str | os.PathLike, train: bool, cache_dir: str | os.Pat
         if cache_file.is_file():
             cached = torch.load(cache_file, weights_only=True)
             rank_zero_info(f"CIFAR-10 {split} split: {len(cached['labels'])} images from the decode cache {cache_file}")
-            return Split(cached["images"], cached["labels"])
+            return Split(cached["images"], cached["labels"], source_order=layout == "torchvision")
     if layout == "torchvision":
         split_data = read_torchvision(data_dir, train)
     else:
@@ -136,7 +137,7 @@ def read_torchvision(data_dir: Path, train: bool) -> Split:
             f"({error}). Delete that folder and run again with --data.download true."
         ) from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    return Split(images, torch.tensor(dataset.targets, dtype=torch.int64))
+    return Split(images, torch.tensor(dataset.targets, dtype=torch.int64), source_order=True)
 
 
 def list_image_files(split_dir: Path) -> list[tuple[Path, int]]:
