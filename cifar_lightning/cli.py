@@ -262,7 +262,7 @@ class CIFAR10CLI(LightningCLI):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.monitor else ""
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        if trainer.is_global_zero and results:
+        if trainer.is_global_zero and results and "test/acc" in results[0]:  # none with limit_test_batches 0
             saved = checkpoint.last_model_path or checkpoint.best_model_path if checkpoint is not None else ""
             where = f"best checkpoint {best}" if best else f"final weights{f' ({saved})' if saved else ''}"
             print(f"Test accuracy of the {where}: {results[0]['test/acc']:.4f}")

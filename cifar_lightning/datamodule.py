@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifar_lightning.augment import BatchAugment
 from cifar_lightning.errors import ConfigError, DataSourceError
+from cifar_lightning.jpeg import check_jpeg_quality, reencode_jpeg
 from cifar_lightning.predict import read_predict_folder
 from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, load_split
 
@@ -101,6 +102,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         cache_dir: Where decoded tensors are cached (``None``: no cache).
         predict_dir: Folder of images (nested or flat, any format Pillow reads, any size) for
             ``predict``; ``None`` predicts the test split. Files that are not images are skipped and named.
+        eval_jpeg_quality: Re-encode the validation and test images as JPEG at this Pillow quality
+            (1-95) before evaluating them, to measure robustness to compressed inputs; ``None``, the
+            default, evaluates the lossless images.
     """
 
     def __init__(
@@ -116,11 +120,13 @@ class CIFAR10DataModule(L.LightningDataModule):
         pin_memory: bool = True,
         cache_dir: str | None = ".cache/cifar_lightning",
         predict_dir: str | None = None,
+        eval_jpeg_quality: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}.")
+        check_jpeg_quality(eval_jpeg_quality)
         if val_size < 0:
             raise ConfigError(f"val_size must be at least 0 (images held out for validation; 0 trains on all), "
                               f"got {val_size}.")
@@ -148,7 +154,7 @@ class CIFAR10DataModule(L.LightningDataModule):
                 )
             train_idx, val_idx = holdout_split(len(full.labels), hp.val_size, hp.seed, full.source_order)
             self.train_set = InMemoryImages(Split(full.images[train_idx], full.labels[train_idx]))
-            self.val_set = InMemoryImages(Split(full.images[val_idx], full.labels[val_idx]))
+            self.val_set = InMemoryImages(Split(self._as_evaluated(full.images[val_idx]), full.labels[val_idx]))
         if stage == "test" or (stage == "predict" and hp.predict_dir is None):
             if self.test_set is None:
                 test = load_split(hp.data_dir, train=False, cache_dir=hp.cache_dir)
@@ -156,9 +162,15 @@ class CIFAR10DataModule(L.LightningDataModule):
                 # hold a few classes only: a fixed random order makes any prefix a fair sample, and the
                 # whole split scores the same. ``test_index`` keeps each image's index in the source.
                 self.test_index = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))
-                self.test_set = InMemoryImages(Split(test.images[self.test_index], test.labels[self.test_index]))
+                self.test_set = InMemoryImages(Split(self._as_evaluated(test.images[self.test_index]),
+                                                     test.labels[self.test_index]))
         if stage == "predict" and self.predict_set is None:
             self.predict_set = self._predict_set()
+
+    def _as_evaluated(self, images: Tensor) -> Tensor:
+        """Evaluation images as they are, or JPEG re-encoded where ``eval_jpeg_quality`` asks."""
+        quality = self.hparams.eval_jpeg_quality
+        return images if quality is None or len(images) == 0 else reencode_jpeg(images, quality)
 
     def _predict_set(self) -> NamedImages:
         """The test split named by index, or the decoded ``predict_dir`` named by file path."""
