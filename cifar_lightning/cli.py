@@ -282,12 +282,18 @@ class DropMessages(logging.Filter):
 def quiet_lightning() -> None:
     """Silence, by their exact text, messages of Lightning's that a user of this CLI cannot act on:
     an advert for a cloud logger; a deprecation inside Lightning's own code (``LeafSpec``, torch
-    2.10+); the model summary's note that it sizes bf16-mixed models as fp32. Nothing else."""
+    2.10+); the model summary's note that it sizes bf16-mixed models as fp32; the weight-averaging
+    callback's note, at test or predict, that it averages only in fit; the empty validation loader of
+    ``val_size 0``, which is what was asked for. Nothing else."""
     advert = DropMessages("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(advert)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
+    # Testing or predicting from a checkpoint with configs/fast.yaml, whose callbacks average weights in fit only.
+    warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback, but loading a checkpoint outside")
+    # data.val_size 0 (configs/fast.yaml) returns no validation loader on purpose.
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | dict:
