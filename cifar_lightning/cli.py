@@ -283,7 +283,7 @@ def quiet_lightning() -> None:
     """Silence, by their exact text, messages of Lightning's that a user of this CLI cannot act on:
     an advert for a cloud logger; a deprecation inside Lightning's own code (``LeafSpec``, torch
     2.10+); the model summary's note that it sizes bf16-mixed models as fp32; the weight-averaging
-    callback's note, at test or predict, that it averages only in fit; the empty validation loader of
+    callback's notes that it averages only in fit and cannot average sharded layers (we shard none); the empty validation loader of
     ``val_size 0``, which is what was asked for. Nothing else."""
     advert = DropMessages("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -292,6 +292,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary")
     # Testing or predicting from a checkpoint with configs/fast.yaml, whose callbacks average weights in fit only.
     warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback, but loading a checkpoint outside")
+    # ...and its caution about sharded layers: our configure_model only compiles, it shards nothing.
+    warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that overrides the configure_model")
     # data.val_size 0 (configs/fast.yaml) returns no validation loader on purpose.
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
 
