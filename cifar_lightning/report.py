@@ -30,7 +30,7 @@ from cifar_lightning.sources import load_split
 
 CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
 # What marks the log of a `fit` run: `test`, `validate` and `predict` runs and failed starts lack one or both.
-TRAINING_TAGS = ("train/loss", "val/acc")
+TRAINING_TAGS = ("train/loss",)  # val/acc too unless the run held nothing out (data.val_size 0)
 # Columns of a Keras History saved as CSV (docs/original/history.csv): epochs counted from 1.
 HISTORY_COLUMNS = ("epoch", "val_accuracy")
 
@@ -92,7 +92,7 @@ def _epochs(curves: Curves) -> list[int]:
 def find_training_runs(log_dir: str | Path) -> list[tuple[Path, Curves]]:
     """The newest ``fit`` under ``log_dir`` as [(run folder, its curves)], oldest first.
 
-    Runs without ``train/loss`` and ``val/acc`` are passed over: a ``test``, ``validate`` or
+    Runs without ``train/loss`` are passed over: a ``test``, ``validate`` or
     ``predict`` command or a failed start can leave a newer ``version_N`` without them. A fit
     resumed with ``--ckpt_path last`` logs into a new folder from its checkpoint's epoch on, so
     the older runs whose epochs lead up to its first are returned before it.
@@ -255,6 +255,9 @@ def make_report(
         fig.suptitle(f"Training curves of {run}", fontsize=9)
         written["curves"] = save(fig, out_dir / "training_curves.png")
     if history is not None:
+        if "val/acc" not in curves:
+            raise UserInputError(f"{run} logged no val/acc (it held no images out: data.val_size 0), so there is no "
+                                 "validation curve to compare with --compare_history; leave that option out.")
         fig = comparison_figure(curves, str(run), history, str(compare_history))
         written["comparison"] = save(fig, out_dir / "val_acc_vs_original.png")
         ours, theirs = best_point(*curves["val/acc"]), best_point(*history)

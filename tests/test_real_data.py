@@ -24,7 +24,7 @@ def test_short_real_training_beats_chance_clearly(real_data, decode_cache):
 # The shipped models and the test accuracy the README states for each, in full precision.
 SHIPPED = {
     "cifar10_cnn.ckpt": 0.8970,  # configs/base.yaml, the original recipe, best of 173 epochs
-    "cifar10_cnn_fast.ckpt": 0.8915,  # configs/fast.yaml as it was for its 95 epochs
+    "cifar10_cnn_fast.ckpt": 0.9082,  # configs/fast.yaml, 30 epochs, seed 0
 }
 
 

@@ -97,7 +97,20 @@ def test_report_passes_over_newer_runs_without_training_scalars(trained, tmp_pat
     assert set(written) == {"curves"} and written["curves"].is_file()  # no checkpoint: the log's pictures only
     printed = capsys.readouterr().out
     assert f"Training curves from {log_dir / 'version_0'}" in printed
-    assert "passed over 1 newer run(s) without train/loss and val/acc: version_1" in printed
+    assert "passed over 1 newer run(s) without train/loss: version_1" in printed
+
+
+def test_a_fit_that_held_nothing_out_draws_its_training_curves(tmp_path, capsys):
+    """configs/fast.yaml trains on every image (val_size 0): its log has no val/acc, but is a training run."""
+    log_dir = tmp_path / "logs"
+    write_run(log_dir / "version_0", 1_000, range(0, 5), tags=("train/loss", "train/acc"))
+    written = make_report(log_dir=str(log_dir), out=str(tmp_path / "report"))
+    assert written["curves"].is_file()
+    assert f"Training curves from {log_dir / 'version_0'}" in capsys.readouterr().out
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,val_accuracy\n1,0.5\n")
+    with pytest.raises(UserInputError, match="logged no val/acc"):
+        make_report(log_dir=str(log_dir), out=str(tmp_path / "report"), compare_history=str(history))
 
 
 def test_a_resumed_fit_is_drawn_from_all_its_runs(tmp_path):
@@ -114,7 +127,7 @@ def test_a_resumed_fit_is_drawn_from_all_its_runs(tmp_path):
 
 def test_only_logs_without_training_scalars_are_an_error(tmp_path):
     write_run(tmp_path / "version_0", 1_000, range(1), tags=("test/acc",))
-    with pytest.raises(UserInputError, match="holds train/loss and val/acc"):
+    with pytest.raises(UserInputError, match="holds train/loss: pass --log_dir"):
         find_run_dir(tmp_path)
 
 
