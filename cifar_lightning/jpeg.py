@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from cifar_lightning.errors import ConfigError
+from cifar_lightning.predict import image_to_tensor
 
 
 def check_jpeg_quality(quality: int | None) -> None:
@@ -20,11 +20,13 @@ def check_jpeg_quality(quality: int | None) -> None:
 
 def reencode_jpeg(images: Tensor, quality: int) -> Tensor:
     """uint8 images (N, 3, H, W) -> the same images saved as JPEG by Pillow at ``quality`` and decoded
-    again (Pillow's defaults otherwise, 4:2:0 chroma subsampling among them, as a thumbnail gets)."""
+    again (Pillow's defaults otherwise, 4:2:0 chroma subsampling among them, as a thumbnail gets),
+    decoded by ``predict``'s own ``image_to_tensor``, as a user's JPEG file would be."""
     out = torch.empty_like(images)
     for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
         buffer.seek(0)
-        out[i] = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
+        with Image.open(buffer) as decoded:
+            out[i] = image_to_tensor(decoded)
     return out
