@@ -7,6 +7,7 @@ floats in [0, 1], so evaluation batches (never augmented) stay uint8.
 - ``BatchAugment``: Keras ImageDataGenerator (the original's): random flip, shift and rotation
   with 'nearest' fill.
 - ``BatchRandomCrop``: random crop after reflect padding, and a flip (``configs/fast.yaml``).
+- ``BatchGaussianNoise``: additive Gaussian noise, a strength drawn per image (robustness to noisy photos).
 
 The Keras augmentation has two implementations of one distribution:
 
@@ -31,12 +32,8 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from cifar_lightning.decode import to_unit_float
 from cifar_lightning.errors import ConfigError
-
-
-def to_unit_float(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [0, 1]; float input is returned as it is."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 class BatchAugment(nn.Module):
@@ -122,6 +119,37 @@ class BatchRandomCrop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"padding={self.padding}, horizontal_flip={self.horizontal_flip}"
+
+
+class BatchGaussianNoise(nn.Module):
+    """Additive Gaussian noise on a share of the images, each with its own strength, then clipped to [0, 1].
+
+    Per image, not per batch: a whole batch noised alike would shift BatchNorm's batch statistics
+    away from the running ones used at test time.
+
+    Args:
+        p: Share of the images that get noise.
+        max_sigma: Largest standard deviation (on the [0, 1] scale); each noised image draws one
+            uniformly from [0, max_sigma] (CIFAR-10-C's Gaussian noise runs 0.04-0.10).
+    """
+
+    def __init__(self, p: float = 0.5, max_sigma: float = 0.1):
+        super().__init__()
+        if not 0 <= p <= 1 or not 0 <= max_sigma <= 1:
+            raise ConfigError(f"The noise's p and max_sigma must be in [0, 1], got {p} and {max_sigma}.")
+        self.p = p
+        self.max_sigma = max_sigma
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = to_unit_float(images)
+        b = x.shape[0]
+        sigma = torch.rand(b, device=x.device, generator=generator) * self.max_sigma
+        sigma = torch.where(torch.rand(b, device=x.device, generator=generator) < self.p, sigma, 0.0)
+        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return (x + noise * sigma.view(b, 1, 1, 1).to(x.dtype)).clamp_(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, max_sigma={self.max_sigma}"
 
 
 class KerasRandomAffine(nn.Module):

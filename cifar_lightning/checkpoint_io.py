@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from cifar_lightning.errors import UserInputError
 
 
 def save_atomically(obj: object, path: str | os.PathLike) -> None:
@@ -83,3 +86,25 @@ class RNGStateCheckpoint(Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         version, internal, gauss = state_dict["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+def check_output_file(output: str | os.PathLike, what: str, example: str) -> Path:
+    """``output`` as a path if a file can be written there; else a ``UserInputError`` saying why.
+
+    ``what`` names the file in the message ("the ONNX file"), ``example`` is a file name to suggest.
+    """
+    path = Path(output).expanduser()
+    if path.is_dir():
+        raise UserInputError(f"Cannot write {what} to {path.resolve()}: it is a folder. Pass a file name, "
+                             f"e.g. --output {example}.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UserInputError(f"Cannot write {what} to {path.resolve()}: the folder {folder.resolve()} does "
+                             "not exist. Create it or pass another --output.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UserInputError(f"Cannot write {what} to {path.resolve()} ({error.strerror or error}). "
+                             "Pass an --output in a folder you can write to.") from None
+    return path

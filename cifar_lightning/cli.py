@@ -1,13 +1,14 @@
-"""``python -m cifar_lightning {fit,validate,test,predict,report,export,serve}``: LightningCLI with a
-few additions.
+"""``python -m cifar_lightning {fit,validate,test,predict,calibrate,report,export,serve}``: LightningCLI
+with a few additions.
 
 - Precision is picked from the hardware when the config leaves it unset (``precision.py``), and
   one line at the start says which, why, and how to override it.
-- ``fit`` ends by testing the best checkpoint, like Keras' ``restore_best_weights`` followed by
-  ``model.evaluate`` on the test set.
+- ``fit`` ends by fitting the kept model's temperature on the hold-out (``TemperatureScaling``), then
+  testing the best checkpoint, like Keras' ``restore_best_weights`` followed by ``model.evaluate``
+  on the test set.
 - ``--ckpt_path`` is checked first, so a missing or foreign file is a clear ``CheckpointError``.
 - ``predict`` writes a CSV (``CSVPredictionWriter``) even when the config names no writer.
-- ``report``, ``export`` and ``serve`` are plain functions with typed arguments (``auto_cli``);
+- ``calibrate``, ``report``, ``export`` and ``serve`` are plain functions with typed arguments (``auto_cli``);
   ``--help`` lists every subcommand in whole sentences.
 - Data is downloaded and decoded before Lightning creates the run's log folder; messages a user
   cannot act on (an advert, Lightning's internal deprecations) are silenced by their exact text.
@@ -40,6 +41,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from cifar_lightning.calibration import TemperatureScaling
 from cifar_lightning.checkpoint_io import AtomicCheckpointIO, RNGStateCheckpoint
 from cifar_lightning.checkpoints import check_checkpoint, check_class_count
 from cifar_lightning.datamodule import CIFAR10DataModule
@@ -72,6 +74,9 @@ SUBCOMMANDS = {
 }
 # Subcommands that are plain functions rather than Trainer methods: name -> (module, function, help).
 FUNCTION_SUBCOMMANDS = {
+    "calibrate": ("cifar_lightning.calibrate", "calibrate",
+                  "Fit a checkpoint's temperature on held-out images (never the test split) and write a "
+                  "checkpoint that carries it."),
     "report": ("cifar_lightning.report", "make_report",
                "Draw a trained model's pictures: examples, training curves, predictions, confusion matrix."),
     "export": ("cifar_lightning.export", "export_onnx",
@@ -314,7 +319,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
         CIFAR10Classifier,
         CIFAR10DataModule,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RNGStateCheckpoint()]},  # always added, whatever the config
+        # Always added, whatever the config.
+        trainer_defaults={"callbacks": [RNGStateCheckpoint(), TemperatureScaling()]},
         args=args,
         run=run,
     )

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import Tensor
 
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.predict import image_to_tensor
+from cifar_lightning.decode import image_to_tensor
 
 
 def check_jpeg_quality(quality: int | None) -> None:
@@ -21,7 +21,7 @@ def check_jpeg_quality(quality: int | None) -> None:
 def reencode_jpeg(images: Tensor, quality: int) -> Tensor:
     """uint8 images (N, 3, H, W) -> the same images saved as JPEG by Pillow at ``quality`` and decoded
     again (Pillow's defaults otherwise, 4:2:0 chroma subsampling among them, as a thumbnail gets),
-    decoded by ``predict``'s own ``image_to_tensor``, as a user's JPEG file would be."""
+    decoded by ``decode.image_to_tensor``, as a user's JPEG file would be."""
     out = torch.empty_like(images)
     for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
         buffer = io.BytesIO()

@@ -1,4 +1,5 @@
-"""The LightningModule: the Keras network, its input scaling, loss, metrics, optimizer and schedule."""
+"""The LightningModule: the Keras network, its input scaling, loss, metrics, optimizer and schedule,
+and the one inference path (``predict_proba``) that every probability a user sees comes from."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from cifar_lightning.augment import to_unit_float
+from cifar_lightning.calibration import ECE_BINS, combine_views
 from cifar_lightning.checkpoints import check_compatible
+from cifar_lightning.decode import to_unit_float
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.network import KerasCIFAR10CNN, fold_batchnorm
 from cifar_lightning.sources import CIFAR10_CLASSES
@@ -24,11 +26,13 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class CIFAR10Classifier(L.LightningModule):
-    """Trains and evaluates ``KerasCIFAR10CNN``: cross-entropy, accuracy, NAdam (the original's) or
-    SGD with an optional one-cycle schedule (``configs/fast.yaml``).
+    """Trains and evaluates ``KerasCIFAR10CNN``: cross-entropy, accuracy, calibration error, NAdam (the
+    original's) or SGD, with an optional one-cycle schedule (``configs/fast.yaml``).
 
-    Input scaling and normalisation live here and are saved with the hyperparameters, so a
-    checkpoint takes raw uint8 images (or floats in [0, 1]) and predicts the same everywhere.
+    Input scaling, normalisation and the temperature live here and are saved with the
+    hyperparameters, so a checkpoint takes raw uint8 images (or floats in [0, 1]) and gives the same
+    probabilities everywhere: ``predict_proba`` is the one method that turns images into class
+    probabilities, and ``predict``, ``predict_images``, ``serve``, ``report`` and ``export`` all call it.
 
     Args:
         class_names: Names of the output classes, in label order.
@@ -55,6 +59,11 @@ class CIFAR10Classifier(L.LightningModule):
         warmup_fraction: Share of the training steps spent warming up (one-cycle only).
         tta_flip: Evaluate (validate, test, predict) on each image and its mirror image and average
             the two probability vectors: test-time augmentation, off by default.
+        temperature: Divides the logits before the softmax of every probability the model gives
+            (temperature scaling, Guo et al. 2017): above 1 softens overconfident probabilities,
+            below 1 sharpens underconfident ones; the predicted class never changes. ``fit`` fits
+            it on the hold-out at its end and ``calibrate`` on a given one; 1.0 leaves the
+            probabilities as trained (checkpoints without one load with 1.0).
         compile: ``torch.compile`` the network when training starts (worth it on a GPU for long
             runs; on this 2-core CPU it costs ~30 s and gained nothing measurable).
     """
@@ -80,13 +89,14 @@ class CIFAR10Classifier(L.LightningModule):
         std: tuple[float, float, float] = (1.0, 1.0, 1.0),
         channels_last: bool = True,
         tta_flip: bool = False,
+        temperature: float = 1.0,
         compile: bool = False,
     ) -> None:
         super().__init__()
         check_settings(lr=lr, conv_dropout=conv_dropout, dense_dropout=dense_dropout,
                        label_smoothing=label_smoothing, std=std, class_names=class_names,
                        momentum=momentum, warmup_fraction=warmup_fraction, weight_decay=weight_decay,
-                       bn_momentum=bn_momentum)
+                       bn_momentum=bn_momentum, temperature=temperature)
         self.save_hyperparameters()
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
@@ -97,6 +107,9 @@ class CIFAR10Classifier(L.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Expected calibration error: top-1 confidence against accuracy in 15 equal-width bins (Guo et al.).
+        self.val_ece = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1")
+        self.test_ece = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1")
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         # Lets Lightning's model summary show input/output sizes and FLOPs (it printed "Total Flops 0").
@@ -113,34 +126,65 @@ class CIFAR10Classifier(L.LightningModule):
         x = (to_unit_float(images).float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
-    def forward(self, images: Tensor, net: torch.nn.Module | None = None) -> Tensor:
-        """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes).
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, 3, 32, 32), uint8 or float in [0, 1] -> logits (B, num_classes), as training needs
+        them: no temperature, no flip averaging. For the calibrated class probabilities a user should
+        read, call ``predict_proba``."""
+        return self.net(self.preprocess(images))
 
-        ``net``: another copy of the network to run, e.g. ``inference_net()``'s.
-        """
-        return (net or self.net)(self.preprocess(images))
-
-    def evaluate(self, images: Tensor, net: torch.nn.Module | None = None) -> Tensor:
-        """Logits for evaluation; with ``tta_flip`` the log of the mean of the image's and its mirror's
-        probabilities (a valid input to cross-entropy and argmax)."""
+    def view_logits(self, images: Tensor, net: torch.nn.Module | None = None) -> Tensor:
+        """float32 logits (V, B, num_classes) of every view evaluated: the image, and with ``tta_flip``
+        its mirror image too (V = 2). ``net``: the network to run (default ``self.net``)."""
+        net = net or self.net
+        x = self.preprocess(images)
         if not self.hparams.tta_flip:
-            return self(images, net)
-        both = self(torch.cat([images, images.flip(-1)]), net).log_softmax(dim=-1)
-        return torch.logsumexp(torch.stack(both.chunk(2)), dim=0) - math.log(2)
+            return net(x).float().unsqueeze(0)
+        n = x.shape[0]  # slices, not chunk(2): chunk would fix an exported graph's batch size
+        logits = net(torch.cat([x, x.flip(-1)])).float()
+        return torch.stack([logits[:n], logits[n:]])
+
+    def predict_log_proba(self, images: Tensor, net: torch.nn.Module | None = None,
+                          temperature: float | None = None) -> Tensor:
+        """Log class probabilities (B, num_classes): ``view_logits`` divided by the temperature (the
+        model's unless given), softmax, averaged over the views (``calibration.combine_views``)."""
+        temperature = self.hparams.temperature if temperature is None else temperature
+        return combine_views(self.view_logits(images, net), temperature)
+
+    def predict_proba(self, images: Tensor, temperature: float | None = None) -> Tensor:
+        """The one inference path: uint8 images (B, 3, 32, 32) (or floats in [0, 1]) -> calibrated
+        class probabilities (B, num_classes), in ``class_names`` order.
+
+        Scaling and normalisation, the network with BatchNorm folded (``inference_net``), the flip
+        average where ``tta_flip`` is set, the temperature, the softmax. ``predict_step``,
+        ``predict_images``, the HTTP service, ``report`` and the ONNX export all call this method.
+        Call it in eval mode, under ``torch.inference_mode()`` or ``torch.no_grad()``.
+        ``temperature`` overrides the model's (1.0: the probabilities as trained).
+        """
+        return self.predict_log_proba(images, self.inference_net(), temperature).exp()
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
-        """Loss, accuracy and their logging; returns the loss and the logits (callbacks reuse them)."""
+        """Loss, accuracy and their logging; returns the loss and, when evaluating, the log-probabilities
+        (callbacks reuse them). Evaluation scores what ``predict_proba`` gives (temperature and flip
+        average included): ``loss`` and ``nll`` are then the same number, ``ece`` the calibration error."""
         images, labels = batch
-        logits = self(images) if stage == "train" else self.evaluate(images)
-        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
-        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        if stage == "train":
+            scores = self(images)
+            loss = F.cross_entropy(scores, labels, label_smoothing=self.hparams.label_smoothing)
+        else:
+            scores = self.predict_log_proba(images)
+            loss = F.nll_loss(scores, labels)
         accuracy = getattr(self, f"{stage}_acc")
-        accuracy(logits, labels)
+        accuracy(scores, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, sync_dist=True,
                  batch_size=len(labels))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-        return {"loss": loss, "logits": logits.detach()}
+        if stage != "train":
+            ece = getattr(self, f"{stage}_ece")
+            ece(scores.exp(), labels)
+            self.log(f"{stage}/nll", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
+            self.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
+        return {"loss": loss, "logits": scores.detach()}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "train")
@@ -153,23 +197,28 @@ class CIFAR10Classifier(L.LightningModule):
 
     def inference_net(self) -> torch.nn.Module:
         """The network with BatchNorm folded into the layers before it (same outputs, faster), for
-        prediction; the network itself when it is compiled, which a copy would not be."""
-        if self.hparams.compile:
+        prediction; the network itself when it is compiled, which a copy would not be, or training.
+
+        Folding copies the network (tens of milliseconds on a CPU), so the copy is kept until the
+        weights change: any in-place update, ``load_state_dict`` or move to another device or dtype.
+        It is kept out of the module's children, so it never reaches ``state_dict`` or a checkpoint.
+        """
+        if self.hparams.compile or self.net.training:
             return self.net
-        folded = fold_batchnorm(self.net)
-        return folded.to(memory_format=torch.channels_last) if self.hparams.channels_last else folded
-
-    def on_predict_start(self) -> None:
-        # Kept out of the module's children, so it never reaches state_dict or a checkpoint.
-        self.__dict__["_predict_net"] = self.inference_net()
-
-    def on_predict_end(self) -> None:
-        self.__dict__.pop("_predict_net", None)
+        cached = self.__dict__.get("_inference_net")
+        if cached is not None and torch.compiler.is_exporting():
+            return cached[1]  # an exporter's tensors have no storage to key on, and no weight changes meanwhile
+        key = tuple((t.device, t.dtype, t.data_ptr(), t._version) for t in self.net.state_dict().values())
+        if cached is None or cached[0] != key:
+            folded = fold_batchnorm(self.net)
+            folded = folded.to(memory_format=torch.channels_last) if self.hparams.channels_last else folded
+            self.__dict__["_inference_net"] = cached = (key, folded)
+        return cached[1]
 
     def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> Tensor:
-        """Class probabilities (B, num_classes)."""
+        """Calibrated class probabilities (B, num_classes): ``predict_proba``."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.evaluate(images, self.__dict__.get("_predict_net")).softmax(dim=-1)
+        return self.predict_proba(images)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse, with a clear message, a checkpoint whose layers do not fit this model (``--ckpt_path``)."""
@@ -206,9 +255,11 @@ class CIFAR10Classifier(L.LightningModule):
 
 
 def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, class_names,
-                   momentum, warmup_fraction, weight_decay, bn_momentum) -> None:
+                   momentum, warmup_fraction, weight_decay, bn_momentum, temperature) -> None:
     """Reject values that would train nonsense, naming the setting and its valid range."""
     problems = []
+    if not (temperature > 0 and math.isfinite(temperature)):
+        problems.append(f"temperature must be a finite number greater than 0, got {temperature}")
     if not 0 <= momentum < 1:
         problems.append(f"momentum must be in [0, 1), got {momentum}")
     if not 0 < warmup_fraction < 1:

@@ -1,7 +1,8 @@
 """Predicting from images people bring: any file or folder, any format Pillow reads, any size or
-colour mode, decoded the same way for the ``predict`` CLI (``read_predict_folder``, where
-unreadable files are skipped and named, unlike training data), ``predict_images`` in Python and
-the HTTP service. Paths, Pillow images or tensors in, class names and probabilities out:
+colour mode (decoded by ``decode.py``, as the HTTP service decodes an upload), for the ``predict``
+CLI (``read_predict_folder``, where unreadable files are skipped and named, unlike training data)
+and ``predict_images`` in Python. Paths, Pillow images or tensors in, class names and calibrated
+probabilities (``CIFAR10Classifier.predict_proba``) out:
 
     from cifar_lightning.checkpoints import load_classifier
     from cifar_lightning.predict import predict_images
@@ -19,15 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
-from cifar_lightning.augment import to_unit_float
+from cifar_lightning.decode import DECODE_ERRORS, IMAGE_SIZE, image_to_tensor, read_image, to_unit_float
 from cifar_lightning.errors import DataSourceError
-from cifar_lightning.sources import DECODE_ERRORS, IMAGE_SIZE
 
 if TYPE_CHECKING:  # the data module imports this module; the model is only a type here
     from cifar_lightning.module import CIFAR10Classifier
@@ -41,32 +40,6 @@ class ImageFolder:
     paths: list[str]  # the N files, in the order of ``images``
     labels: Tensor  # (N,) int64: class index from the parent folder's name, -1 where it names no class
     skipped: list[str] = field(default_factory=list)  # "path (reason)" for files that are not images
-
-
-def to_rgb32(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
-    """Any Pillow image -> RGB ``size`` x ``size``: EXIF rotation applied, transparency on white, squashed."""
-    image = ImageOps.exif_transpose(image)
-    if "A" in image.getbands() or "transparency" in image.info:
-        # Convert alone would turn transparent pixels into whatever colour they hide (often black).
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        # Pillow widens the filter when shrinking (antialiased), so large photos do not alias.
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return image
-
-
-def image_to_tensor(image: Image.Image) -> Tensor:
-    """RGB 32x32 Pillow image -> uint8 (3, 32, 32)."""
-    return torch.from_numpy(np.asarray(to_rgb32(image)).copy()).permute(2, 0, 1)
-
-
-def read_image(path: str | os.PathLike) -> Tensor:
-    """One image file -> uint8 (3, 32, 32); Pillow's error if it is not a readable image."""
-    with Image.open(path) as image:
-        image.load()
-        return image_to_tensor(image)
 
 
 def read_predict_folder(folder: str | os.PathLike, class_names: list[str] | tuple[str, ...]) -> ImageFolder:
@@ -156,17 +129,16 @@ def one_image(image: ImageInput | Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def predict_probabilities(model: CIFAR10Classifier, images: Tensor, batch_size: int = 500) -> Tensor:
-    """Softmax probabilities (N, C) on the model's device, in eval mode, ``batch_size`` images at a time.
-
-    The model's train/eval mode is restored afterwards; the result is on the CPU.
-    """
+def predict_probabilities(model: CIFAR10Classifier, images: Tensor, batch_size: int = 500,
+                          temperature: float | None = None) -> Tensor:
+    """``model.predict_proba`` over ``images`` (N, 3, 32, 32), ``batch_size`` at a time on the model's
+    device, in eval mode: probabilities (N, C) on the CPU. The model's train/eval mode is restored.
+    ``temperature`` overrides the model's (1.0: as trained)."""
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        net = model.inference_net()
-        chunks = [model.evaluate(chunk.to(device), net).float().softmax(dim=-1).cpu() for chunk in images.split(batch_size)]
+        chunks = [model.predict_proba(chunk.to(device), temperature).cpu() for chunk in images.split(batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(chunks)

@@ -23,7 +23,8 @@ COLUMNS = ["image", "predicted", "probability", "top2", "top2_probability", "top
 class CSVPredictionWriter(BasePredictionWriter):
     """Writes ``predict`` results to a CSV and prints where it went and, where labels exist, the accuracy.
 
-    Columns: ``image`` (file path, or index in the test split), ``predicted`` and its ``probability``,
+    Columns: ``image`` (file path, or index in the test split), ``predicted`` and its ``probability``
+    (the model's calibrated ``predict_proba``, to six decimals),
     the 2nd and 3rd most likely classes with probabilities, ``true_class`` and ``correct`` (empty
     where the true class is unknown).
 
@@ -51,7 +52,7 @@ class CSVPredictionWriter(BasePredictionWriter):
             ids, labels = [str(start + i) for i in range(len(prediction))], [-1] * len(prediction)
         probs, classes = prediction.float().topk(min(TOP_K, len(names)), dim=-1)
         for image, label, p, c in zip(ids, labels, probs.tolist(), classes.tolist()):
-            top = [value for k in range(len(c)) for value in (names[c[k]], f"{p[k]:.4f}")]
+            top = [value for k in range(len(c)) for value in (names[c[k]], f"{p[k]:.6f}")]
             top += [""] * (2 * TOP_K - len(top))
             known = label >= 0
             self.rows.append([image, *top, names[label] if known else "", int(c[0] == label) if known else ""])

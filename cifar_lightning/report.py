@@ -2,7 +2,8 @@
 
 From a checkpoint, the test split and a TensorBoard log: example images of every class,
 loss and accuracy curves (read with TensorBoard's own ``EventAccumulator``), prediction
-examples, the confusion matrix and per-class accuracy (torchmetrics), plus a Markdown table;
+examples, the confusion matrix and per-class accuracy (torchmetrics), the reliability diagram of
+the predicted probabilities (as trained and at the checkpoint's temperature), plus a Markdown table;
 with ``--compare_history``, the validation curve beside another run's (the original Keras
 run's per-epoch log, ``docs/original/history.csv``).
 """
@@ -17,13 +18,14 @@ import torch
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 
+from cifar_lightning.calibration import ECE_BINS
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.figures import (
     best_point, class_examples_figure, confusion_matrix_figure, curves_figure, per_class_accuracy_figure,
-    predictions_figure, validation_comparison_figure,
+    predictions_figure, reliability_figure, validation_comparison_figure,
 )
 from cifar_lightning.predict import predict_probabilities
 from cifar_lightning.sources import load_split
@@ -294,8 +296,18 @@ def model_pictures(ckpt_path: str, out_dir: Path, data_dir: str, cache_dir: str 
                                 out_dir / "confusion_matrix.png")
     written["per_class"] = save(per_class_accuracy_figure(per_class, names, overall),
                                 out_dir / "per_class_accuracy.png")
+    temperature = float(model.hparams.temperature)
+    panels = {f"temperature {temperature:.3f} (this checkpoint's)": probabilities}
+    if temperature != 1.0:
+        as_trained = predict_probabilities(model, test.images, batch_size, temperature=1.0)
+        panels = {"temperature 1 (as trained)": as_trained, **panels}
+    written["reliability"] = save(
+        reliability_figure({label: (p, test.labels) for label, p in panels.items()},
+                           "Reliability of the predicted probabilities, test split"),
+        out_dir / "reliability.png")
     table = out_dir / "per_class_accuracy.md"
     table.write_text(accuracy_table(per_class, confmat.sum(dim=1), names, overall))
     written["table"] = table
-    print(f"Test accuracy of {ckpt_path}: {overall:.4f}")
+    ece = MulticlassCalibrationError(len(names), n_bins=ECE_BINS, norm="l1")(probabilities, test.labels).item()
+    print(f"Test accuracy of {ckpt_path}: {overall:.4f}; ECE {ece:.2%} at temperature {temperature:.4f}")
     return written

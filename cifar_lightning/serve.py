@@ -2,8 +2,9 @@
 
 - ``POST /predict``, a multipart form with the field ``image`` (any format and size ``predict``
   reads), answers ``{"predictions": [{"class": NAME, "probability": P}, ...]}``, the top 3, most
-  likely first. Images are decoded and resized exactly as ``predict`` does (``predict.read_image``),
-  so the server and the CLI give the same class for the same file.
+  likely first. Images are decoded and resized by ``decode.py``, as ``predict`` reads a file, and
+  classified by the model's ``predict_proba`` (temperature included), so the server, the CLI, Python
+  and the ONNX export give the same probabilities for the same file.
 - Bad uploads get a 4xx with ``{"error": "<what was wrong>"}``, never a 500: no ``image`` field, a
   file that is not an image, a body that is not a multipart form (400); over 10 MiB (413). A bad upload
   fails alone: the other requests of its batch are answered as usual.
@@ -17,7 +18,6 @@ docs/deploy.md has the commands, a ``curl`` example and measured throughput.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -26,7 +26,6 @@ from importlib import resources
 from typing import Any, Literal
 
 import torch
-from PIL import Image
 
 from cifar_lightning.errors import UserInputError
 
@@ -41,7 +40,7 @@ except ImportError as missing:  # a training-only install
                          "pip install -e '.[serve]' (or '.[dev]').") from None
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.predict import DECODE_ERRORS, image_to_tensor
+from cifar_lightning.decode import DECODE_ERRORS, decode_image_bytes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it
@@ -83,9 +82,7 @@ def decode_upload(upload: Any) -> torch.Tensor | Rejected:
     if not data:
         return Rejected(400, f"{name} is empty.")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image_to_tensor(image)
+        return decode_image_bytes(data)
     except DECODE_ERRORS as error:
         return Rejected(400, f"{name} is not an image Pillow can read ({type(error).__name__}).")
 
@@ -112,7 +109,6 @@ class ClassifierAPI(ls.LitAPI):
         self.model = load_classifier(self.ckpt_path, map_location=device)
         if self.tta_flip is not None:
             self.model.hparams.tta_flip = self.tta_flip
-        self.net = self.model.inference_net()
         self.device_ = torch.device(device)
         self.class_names = list(self.model.class_names)
         self.top_k = min(self.top_k, len(self.class_names))
@@ -126,12 +122,12 @@ class ClassifierAPI(ls.LitAPI):
 
     @torch.inference_mode()
     def predict(self, inputs: list) -> list:
-        """The same computation as ``predict_images`` (BatchNorm folded, fp32, the model's TTA setting)."""
+        """The model's ``predict_proba``, as ``predict_images`` calls it, on the images of the batch."""
         images = [x for x in inputs if isinstance(x, torch.Tensor)]
         rows = iter(())
         if images:
             batch = torch.stack(images).to(self.device_)
-            probabilities = self.model.evaluate(batch, self.net).float().softmax(dim=-1).cpu()
+            probabilities = self.model.predict_proba(batch).cpu()
             top = probabilities.topk(self.top_k, dim=-1)
             rows = iter(zip(top.indices.tolist(), top.values.tolist()))
         return [next(rows) if isinstance(x, torch.Tensor) else x for x in inputs]

@@ -16,21 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
 from cifar_lightning.checkpoint_io import save_atomically
+from cifar_lightning.decode import DECODE_ERRORS, IMAGE_SIZE, to_rgb
 from cifar_lightning.errors import DataSourceError
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
-IMAGE_SIZE = 32
-# What Pillow raises for truncated, corrupt or non-image files.
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 TORCHVISION_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
 
 
@@ -171,7 +169,7 @@ def read_image_folder(files: list[tuple[Path, int]], description: str = "Decodin
     for i, (path, _) in enumerate(progress):
         try:
             with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
+                array = np.asarray(to_rgb(image))
         except DECODE_ERRORS as error:
             bad.append(f"{path} ({type(error).__name__}: {error})")
             continue

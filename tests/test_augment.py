@@ -108,7 +108,7 @@ def test_uint8_scaling_is_kerass_division_by_255():
     for some values, which is why the package keeps its own one-line helper."""
     from torchvision.transforms.v2 import functional as TF
 
-    from cifar_lightning.augment import to_unit_float
+    from cifar_lightning.decode import to_unit_float
 
     every_value = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
     keras = torch.from_numpy(every_value.numpy().astype("float32") / 255)

@@ -10,7 +10,7 @@ from PIL import Image
 from cifar_lightning import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError
 from cifar_lightning.jpeg import reencode_jpeg
-from cifar_lightning.predict import read_image
+from cifar_lightning.decode import read_image
 from cli_runner import run_failing
 
 

@@ -118,6 +118,17 @@ def test_folded_inference_network_computes_the_same_logits_without_batchnorm():
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     with torch.inference_mode():
-        assert torch.allclose(model(images, folded), model(images), atol=1e-4)
+        assert torch.allclose(model.view_logits(images, folded)[0], model(images), atol=1e-4)
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    # The folded copy is kept while the weights stay as they are, and made again when they change.
+    assert model.inference_net() is folded
+    with torch.no_grad():
+        model.net.classifier[-1].bias.add_(1.0)
+    refolded = model.inference_net()
+    assert refolded is not folded
+    with torch.inference_mode():
+        assert torch.allclose(model.view_logits(images, refolded)[0], model(images), atol=1e-4)
+    model.load_state_dict(before)
+    assert model.inference_net() is not refolded
+    assert model.train().inference_net() is model.net  # training mode: BatchNorm uses batch statistics, no folding

@@ -18,7 +18,8 @@ from PIL import Image
 from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.errors import DataSourceError
 from cifar_lightning.prediction_writer import COLUMNS
-from cifar_lightning.predict import predict_images, to_rgb32
+from cifar_lightning.decode import to_rgb32
+from cifar_lightning.predict import predict_images
 from cifar_lightning.sources import CIFAR10_CLASSES
 from cli_runner import BASE, run_in_process
 from conftest import synthetic_images
