@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cifar_lightning.augment import BatchAugment
+from cifar_lightning.corruptions import check_corruption, corrupt
 from cifar_lightning.errors import ConfigError, DataSourceError
 from cifar_lightning.jpeg import check_jpeg_quality, reencode_jpeg
 from cifar_lightning.predict import read_predict_folder
@@ -105,6 +106,11 @@ class CIFAR10DataModule(L.LightningDataModule):
         eval_jpeg_quality: Re-encode the validation and test images as JPEG at this Pillow quality
             (1-95) before evaluating them, to measure robustness to compressed inputs; ``None``, the
             default, evaluates the lossless images.
+        eval_corruption: Evaluate the validation and test images with one of CIFAR-10-C's common
+            corruptions (``corruptions.py``): gaussian_noise, shot_noise, impulse_noise, defocus_blur,
+            zoom_blur, fog, brightness, contrast, pixelate or jpeg_compression; ``None``: as they are.
+        eval_severity: The corruption's severity, 1 (mild) to 5 (severe).
+        eval_seed: Seed of the random corruptions (noise, fog), so a score is repeatable.
     """
 
     def __init__(
@@ -121,12 +127,18 @@ class CIFAR10DataModule(L.LightningDataModule):
         cache_dir: str | None = ".cache/cifar_lightning",
         predict_dir: str | None = None,
         eval_jpeg_quality: int | None = None,
+        eval_corruption: str | None = None,
+        eval_severity: int = 3,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}.")
         check_jpeg_quality(eval_jpeg_quality)
+        check_corruption(eval_corruption, eval_severity)
+        if eval_corruption is not None and eval_jpeg_quality is not None:
+            raise ConfigError("Set eval_jpeg_quality or eval_corruption, not both: each replaces the evaluated images.")
         if val_size < 0:
             raise ConfigError(f"val_size must be at least 0 (images held out for validation; 0 trains on all), "
                               f"got {val_size}.")
@@ -168,9 +180,16 @@ class CIFAR10DataModule(L.LightningDataModule):
             self.predict_set = self._predict_set()
 
     def _as_evaluated(self, images: Tensor) -> Tensor:
-        """Evaluation images as they are, or JPEG re-encoded where ``eval_jpeg_quality`` asks."""
-        quality = self.hparams.eval_jpeg_quality
-        return images if quality is None or len(images) == 0 else reencode_jpeg(images, quality)
+        """Evaluation images as they are, JPEG re-encoded where ``eval_jpeg_quality`` asks, or corrupted
+        where ``eval_corruption`` asks."""
+        hp = self.hparams
+        if len(images) == 0:
+            return images
+        if hp.eval_jpeg_quality is not None:
+            return reencode_jpeg(images, hp.eval_jpeg_quality)
+        if hp.eval_corruption is not None:
+            return corrupt(images, hp.eval_corruption, hp.eval_severity, hp.eval_seed)
+        return images
 
     def _predict_set(self) -> NamedImages:
         """The test split named by index, or the decoded ``predict_dir`` named by file path."""

@@ -64,7 +64,7 @@ def to_onnx_program(model: CIFAR10Classifier, tta_flip: bool | None = None):
     try:
         with torch.inference_mode(False), torch.no_grad():
             program = torch.onnx.export(
-                ProbabilitiesModel(model), (example,), dynamo=True, input_names=[INPUT_NAME],
+                ProbabilitiesModel(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
                 verbose=False,
             )

@@ -200,3 +200,63 @@ def test_calibrate_refuses_a_hold_out_the_checkpoint_trained_on(fitted_with_hold
                        "--data_dir", str(data_dir), "--val_size", "20"], capsys)
     assert "held out data.val_size 50 with data.seed 0" in err and "--val_size 50 --seed 0" in err
 
+
+
+@pytest.mark.slow
+def test_one_path_csv_python_service_and_onnx_give_the_same_probabilities(tmp_path, monkeypatch):
+    """The same image files through the predict CLI's CSV, predict_images, the HTTP service (a real
+    server) and the exported ONNX file (onnxruntime): the same probabilities to 1e-5, temperature
+    included (a checkpoint with temperature 0.6, so a path that left it out would differ)."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from cifar_lightning.decode import read_image
+    from cifar_lightning.predict import predict_images
+    from conftest import synthetic_images
+    from serving import SHIPPED_CKPT, running_server
+
+    ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed: pip install -e '.[dev]'")
+    pytest.importorskip("litserve", reason="the [serve] extra is not installed: pip install -e '.[dev]'")
+    ckpt = tmp_path / "warm.ckpt"
+    run_in_process(monkeypatch, "calibrate", "--ckpt_path", str(SHIPPED_CKPT), "--output", str(ckpt),
+                   "--temperature", "0.6")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    images, _ = synthetic_images(1, seed=3)
+    for i, image in enumerate(images[:4]):
+        Image.fromarray(image).resize((48 + 8 * i, 40), Image.Resampling.BILINEAR).save(folder / f"{i}.png")
+    Image.fromarray(images[4]).save(folder / "4.jpg", quality=80)
+    files = sorted(folder.iterdir())
+
+    model = load_classifier(ckpt)
+    python = {f.name: p.probabilities for f, p in zip(files, predict_images(model, files))}
+    assert max(python["0.png"].values()) != pytest.approx(
+        max(predict_images(load_classifier(SHIPPED_CKPT), [files[0]])[0].probabilities.values()), abs=1e-3)
+
+    monkeypatch.chdir(tmp_path)
+    run_in_process(monkeypatch, "predict", "--config", BASE, "--ckpt_path", str(ckpt), "--data.predict_dir",
+                   str(folder), "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true")
+    with open(tmp_path / "predictions" / "predictions.csv", newline="") as file:
+        for row in csv.DictReader(file):
+            expected = python[Path(row["image"]).name]
+            for name_key, prob_key in (("predicted", "probability"), ("top2", "top2_probability"),
+                                       ("top3", "top3_probability")):
+                assert float(row[prob_key]) == pytest.approx(expected[row[name_key]], abs=1e-5)
+
+    with running_server(ckpt, tmp_path / "serve.log") as server:
+        client = server.client()
+        for path in files:
+            answer = client.predict(path.name, path.read_bytes())
+            assert answer.status == 200, answer.body
+            for entry in answer.json()["predictions"]:
+                assert entry["probability"] == pytest.approx(python[path.name][entry["class"]], abs=1e-5)
+
+    onnx_path = tmp_path / "warm.onnx"
+    run_in_process(monkeypatch, "export", "--ckpt_path", str(ckpt), "--output", str(onnx_path))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    batch = torch.stack([read_image(path) for path in files]).numpy()
+    (onnx_probabilities,) = session.run(None, {"images": batch})
+    expected = np.array([[python[path.name][name] for name in model.class_names] for path in files])
+    np.testing.assert_allclose(onnx_probabilities, expected, atol=1e-5)
