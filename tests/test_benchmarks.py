@@ -127,3 +127,35 @@ def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
     # Everything it wrote is under --out: the repository's checkpoints/ and lightning_logs/ are not its.
     assert (out / "fit" / "checkpoints" / "base" / "last.ckpt").is_file()
     assert list((out / "fit" / "lightning_logs" / "base").glob("version_*/events.out.tfevents.*"))
+
+
+def load_corruptions_benchmark():
+    spec = importlib.util.spec_from_file_location("corruptions_benchmark", REPO / "benchmarks" / "corruptions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_corruption_benchmark_scores_every_corruption_and_severity(trained, tmp_path, capsys):
+    import json
+
+    benchmark = load_corruptions_benchmark()
+    results = benchmark.main(["--ckpt_path", trained.ckpt, "--data_dir", str(trained.data_dir), "--split", "holdout",
+                              "--val_size", "20", "--cache_dir", "none", "--out", str(tmp_path)])
+    (result,) = results.values()
+    assert list(result["corruptions"]) == list(benchmark.CORRUPTIONS) and len(result["corruptions"]) == 10
+    assert all(len(accuracies) == 5 and all(0 <= a <= 1 for a in accuracies) for accuracies in result["corruptions"].values())
+    every = [a for accuracies in result["corruptions"].values() for a in accuracies]
+    assert result["mean"] == pytest.approx(sum(every) / 50) and result["kept"] == pytest.approx(result["mean"] / result["clean"])
+    assert result["clean"] == 1.0  # the synthetic colours are learned perfectly, and noise at severity 5 costs some
+    assert min(every) < 1.0
+    saved = json.loads((tmp_path / "corruptions.json").read_text())
+    assert saved["evaluated_on"] == "the hold-out (data.val_size 20, data.seed 0)" and (tmp_path / "corruptions.png").is_file()
+    assert "| gaussian_noise |" in (tmp_path / "corruptions.md").read_text()
+    assert "the hold-out (data.val_size 20, data.seed 0)" in capsys.readouterr().out
+
+
+def test_corruption_benchmark_refuses_a_missing_checkpoint(tmp_path):
+    benchmark = load_corruptions_benchmark()
+    with pytest.raises(SystemExit, match="No checkpoint file"):
+        benchmark.main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--data_dir", str(tmp_path)])

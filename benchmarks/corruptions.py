@@ -1,0 +1,170 @@
+"""How checkpoints hold up on common corruptions: accuracy on the ten CIFAR-10-C corruptions at five
+severities (``cifar_lightning/corruptions.py``), their mean, the share of clean accuracy kept, and
+JPEG at quality 75.
+
+    python benchmarks/corruptions.py --ckpt_path checkpoints/cifar10_cnn.ckpt checkpoints/cifar10_cnn_fast.ckpt
+    python benchmarks/corruptions.py --ckpt_path run.ckpt --split holdout --val_size 5000   # choosing a recipe
+    python benchmarks/corruptions.py --ckpt_path run.ckpt --sample 2000                     # stratified, faster
+
+``--split test`` scores the test split (reporting a finished model); ``--split holdout`` scores the
+hold-out a ``fit`` with ``data.val_size`` kept out of training (the images to choose recipes on).
+Each corrupted set is made once (seeded) and scored by every checkpoint, in full precision with
+the model's own ``predict_proba``. Prints a table per model and writes ``corruptions.json``,
+``corruptions.md`` and ``corruptions.png`` (accuracy against severity, one line per corruption,
+one panel per model) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from cifar_lightning.checkpoints import check_checkpoint, load_classifier
+from cifar_lightning.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.errors import UserInputError
+from cifar_lightning.jpeg import reencode_jpeg
+from cifar_lightning.predict import predict_probabilities
+
+JPEG_Q75 = 75
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", nargs="+", required=True, help="checkpoints to score")
+    parser.add_argument("--data_dir", default="data", help="folder holding CIFAR-10 (either layout)")
+    parser.add_argument("--split", choices=("test", "holdout"), default="test")
+    parser.add_argument("--val_size", type=int, default=5000, help="hold-out size (--split holdout)")
+    parser.add_argument("--holdout_seed", type=int, default=0, help="hold-out seed (data.seed, --split holdout)")
+    parser.add_argument("--sample", type=int, default=0, help="score a stratified sample of this many images (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
+    parser.add_argument("--cache_dir", default=".cache/cifar_lightning", help="decode cache ('none': no cache)")
+    parser.add_argument("--batch_size", type=int, default=500)
+    parser.add_argument("--out", default="robustness", help="folder for corruptions.json, .md and .png")
+    args = parser.parse_args(argv)
+    if args.sample < 0 or args.batch_size < 1:
+        parser.error(f"--sample must be at least 0 and --batch_size at least 1, got {args.sample} and {args.batch_size}")
+    args.cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
+    return args
+
+
+def evaluation_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(uint8 images, labels, what they are) of the chosen split, stratified-sampled if asked."""
+    data = CIFAR10DataModule(data_dir=args.data_dir, download=False, val_size=args.val_size if args.split == "holdout" else 0,
+                             seed=args.holdout_seed, augment=None, cache_dir=args.cache_dir)
+    if args.split == "holdout":
+        data.setup("validate")
+        split, what = data.val_set, f"the hold-out (data.val_size {args.val_size}, data.seed {args.holdout_seed})"
+    else:
+        data.setup("test")
+        split, what = data.test_set, "the test split"
+    images, labels = split.images, split.labels
+    if args.sample:
+        classes = labels.unique()
+        per_class = args.sample // len(classes)
+        keep = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in classes]).sort().values
+        images, labels = images[keep], labels[keep]
+        what = f"a stratified sample of {len(labels)} images ({per_class} a class) of {what}"
+    return images, labels, what
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    return (predict_probabilities(model, images, batch_size).argmax(-1) == labels).float().mean().item()
+
+
+def score(models: dict[str, object], images: torch.Tensor, labels: torch.Tensor, args) -> dict[str, dict]:
+    """{model: {"clean", "jpeg_q75", "corruptions": {name: [acc per severity]}, "mean", "kept"}}."""
+    results = {name: {"clean": accuracy(m, images, labels, args.batch_size)} for name, m in models.items()}
+    jpeg = reencode_jpeg(images, JPEG_Q75)
+    for name, model in models.items():
+        results[name]["jpeg_q75"] = accuracy(model, jpeg, labels, args.batch_size)
+        results[name]["corruptions"] = {}
+    for corruption in CORRUPTIONS:
+        for severity in SEVERITIES:
+            corrupted = corrupt(images, corruption, severity, args.seed)
+            for name, model in models.items():
+                results[name]["corruptions"].setdefault(corruption, []).append(
+                    accuracy(model, corrupted, labels, args.batch_size))
+        print(f"  {corruption}: " + ", ".join(f"{name} {sum(r['corruptions'][corruption]) / 5:.4f}"
+                                             for name, r in results.items()), flush=True)
+    for result in results.values():
+        every = [a for accuracies in result["corruptions"].values() for a in accuracies]
+        result["mean"] = sum(every) / len(every)
+        result["kept"] = result["mean"] / result["clean"]
+    return results
+
+
+def markdown(results: dict[str, dict], what: str) -> str:
+    lines = [f"Accuracy on {what}, full precision; each corruption at severities 1-5 and their mean.", ""]
+    for name, result in results.items():
+        lines += [f"**{name}**: clean {result['clean']:.4f}, JPEG q75 {result['jpeg_q75']:.4f} "
+                  f"({100 * (result['clean'] - result['jpeg_q75']):.1f} points below clean), "
+                  f"mean over the 10 corruptions x 5 severities {result['mean']:.4f} "
+                  f"({result['kept']:.1%} of clean)", "",
+                  "| corruption | 1 | 2 | 3 | 4 | 5 | mean |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for corruption, accuracies in result["corruptions"].items():
+            cells = " | ".join(f"{a:.3f}" for a in accuracies)
+            lines.append(f"| {corruption} | {cells} | {sum(accuracies) / len(accuracies):.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure(results: dict[str, dict], what: str) -> Figure:
+    fig = Figure(figsize=(5.2 * len(results), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False, sharey=True)[0]
+    for ax, (name, result) in zip(axes, results.items()):
+        for corruption, accuracies in result["corruptions"].items():
+            ax.plot(SEVERITIES, accuracies, marker=".", label=corruption)
+        ax.axhline(result["clean"], color="black", linestyle="--", label="clean")
+        ax.set(title=f"{name}\nclean {result['clean']:.3f}, corruption mean {result['mean']:.3f} "
+                     f"({result['kept']:.0%} kept)", xlabel="severity", xticks=SEVERITIES, ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=6, frameon=False)
+    fig.suptitle(f"Accuracy under common corruptions (CIFAR-10-C definitions), {what}", fontsize=10)
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    args = parse_args(argv)
+    try:
+        for path in args.ckpt_path:
+            check_checkpoint(path)
+        images, labels, what = evaluation_images(args)
+    except UserInputError as error:
+        sys.exit(f"error: {error}")
+    torch.set_grad_enabled(False)
+    models = {Path(path).stem: load_classifier(path) for path in args.ckpt_path}
+    print(f"Scoring {', '.join(models)} on {what}; torch {torch.__version__}, {cpu_name()}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    start = time.perf_counter()
+    results = score(models, images, labels, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(results, what)
+    (out / "corruptions.md").write_text(text)
+    (out / "corruptions.json").write_text(json.dumps({"evaluated_on": what, "corruption_seed": args.seed,
+                                                      "results": results}, indent=1))
+    figure(results, what).savefig(out / "corruptions.png", dpi=100)
+    print(text)
+    print(f"{time.perf_counter() - start:.0f} s; wrote {out / 'corruptions.md'}, corruptions.json, corruptions.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
