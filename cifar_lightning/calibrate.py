@@ -30,7 +30,7 @@ def config_data(config: str | None) -> dict[str, Any]:
         return {}
     path = Path(config).expanduser()
     if not path.is_file():
-        raise UserInputError(f"No config file at {path}. Pass --config a fit config, e.g. configs/base.yaml.")
+        raise UserInputError(f"No config file at {path}. Pass --fit_config a fit config, e.g. configs/base.yaml.")
     try:
         data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
     except (yaml.YAMLError, AttributeError) as error:
@@ -54,7 +54,7 @@ def check_never_trained_on(checkpoint: dict, val_size: int, seed: int, ckpt_path
         raise UserInputError(
             f"{ckpt_path} held out data.val_size {trained['val_size']} with data.seed {trained.get('seed', 0)}, "
             f"not val_size {val_size} with seed {seed}: another hold-out would include images it trained on. "
-            f"Pass --val_size {trained['val_size']} --seed {trained.get('seed', 0)} (or the config it was trained with)."
+            f"Pass --val_size {trained['val_size']} --seed {trained.get('seed', 0)} (or --fit_config, the config it was trained with)."
         )
 
 
@@ -75,7 +75,7 @@ def holdout_batches(data: dict[str, Any], data_dir: str | None, val_size: int, s
 def calibrate(
     ckpt_path: str,
     output: str,
-    config: str | None = None,
+    fit_config: str | None = None,
     data_dir: str | None = None,
     val_size: int | None = None,
     seed: int | None = None,
@@ -90,7 +90,7 @@ def calibrate(
 
     The temperature divides the logits before the softmax of every probability the model gives; it
     is fitted by minimising the negative log-likelihood on images the model never trained on: the
-    hold-out of the training split that a fit config describes (``--config``, with ``--data_dir``,
+    hold-out of the training split that a fit config describes (``--fit_config``, with ``--data_dir``,
     ``--val_size`` and ``--seed`` overriding its data section), or ``--image_dir``, a folder of
     images in sub-folders named after their class. The test split is never read. The new file is
     the input with the temperature set, written whole or not at all; prints the temperature and
@@ -99,7 +99,8 @@ def calibrate(
     Args:
         ckpt_path: The checkpoint to calibrate (e.g. checkpoints/cifar10_cnn.ckpt).
         output: Where to write the calibrated checkpoint.
-        config: A fit config (YAML) whose data section gives the hold-out (data_dir, val_size, seed).
+        fit_config: A fit config (YAML, e.g. configs/base.yaml) whose data section gives the hold-out
+            (data_dir, val_size, seed).
         data_dir: Folder holding CIFAR-10 (overrides the config's data.data_dir; default data).
         val_size: Training images held out (overrides the config's; use the checkpoint's own).
         seed: Seed of the hold-out from image folders (overrides the config's; default 0).
@@ -116,10 +117,10 @@ def calibrate(
     if out.resolve() == Path(ckpt_path).expanduser().resolve() and not overwrite:
         raise UserInputError(f"--output {output} is the input checkpoint: pass another --output, or "
                              "--overwrite true to replace it.")
-    given_data = any(value is not None for value in (config, data_dir, val_size, seed))
+    given_data = any(value is not None for value in (fit_config, data_dir, val_size, seed))
     if temperature is not None:
         if given_data or image_dir is not None:
-            raise UserInputError("--temperature sets the temperature without fitting it: leave out --config, "
+            raise UserInputError("--temperature sets the temperature without fitting it: leave out --fit_config, "
                                  "--data_dir, --val_size, --seed and --image_dir, or leave out --temperature.")
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ConfigError(f"--temperature must be a finite number greater than 0, got {temperature}.")
@@ -128,7 +129,7 @@ def calibrate(
         print(f"Wrote {out} with temperature {temperature:.4f} (given, not fitted).")
         return out
     if image_dir is not None and given_data:
-        raise UserInputError("Pass either --image_dir or a hold-out (--config, --data_dir, --val_size, --seed), not both.")
+        raise UserInputError("Pass either --image_dir or a hold-out (--fit_config, --data_dir, --val_size, --seed), not both.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_classifier(ckpt_path, map_location=device)
@@ -142,7 +143,7 @@ def calibrate(
         batches = list(zip(images.split(batch_size), labels.split(batch_size)))
         fitted_on = f"{int(known.sum())} labelled images of {Path(image_dir).name}/"
     else:
-        data = config_data(config)
+        data = config_data(fit_config)
         val_size = int(data.get("val_size", 10000) if val_size is None else val_size)  # the data module's defaults
         seed = int(data.get("seed", 0) if seed is None else seed)
         check_never_trained_on(checkpoint, val_size, seed, ckpt_path)

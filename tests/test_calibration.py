@@ -111,7 +111,7 @@ def test_calibrate_fits_on_the_hold_out_and_never_reads_the_test_split(trained, 
                                                                         monkeypatch, capsys):
     output = tmp_path / "calibrated.ckpt"
     run_in_process(monkeypatch, "calibrate", "--ckpt_path", trained.ckpt, "--output", str(output),
-                   "--config", BASE, "--data_dir", str(unreadable_test_split), "--val_size", "20",
+                   "--fit_config", BASE, "--data_dir", str(unreadable_test_split), "--val_size", "20",
                    "--cache_dir", str(tmp_path / "cache"))
     printed = capsys.readouterr().out
     # The checkpoint held out 20 (its data settings are in it), so the same 20 are asked for.
@@ -191,6 +191,15 @@ def test_fit_fits_the_temperature_on_its_hold_out_and_tests_with_it(fitted_with_
     events = EventAccumulator(str(log_dir)).Reload()
     assert {"val/ece", "val/nll", "test/ece", "test/nll"} <= set(events.Tags()["scalars"])
     assert {"val/reliability", "test/reliability"} <= set(events.Tags()["images"])
+
+
+def test_calibrate_takes_the_hold_out_from_the_fit_config(fitted_with_holdout, monkeypatch, capsys):
+    tmp_path, data_dir, _ = fitted_with_holdout
+    config = tmp_path / "holdout.yaml"
+    config.write_text(f"data:\n  data_dir: {data_dir}\n  val_size: 50\n  cache_dir: {tmp_path / 'cache'}\n")
+    run_in_process(monkeypatch, "calibrate", "--ckpt_path", str(tmp_path / "checkpoints" / "fast" / "last.ckpt"),
+                   "--fit_config", str(config), "--output", str(tmp_path / "again.ckpt"))
+    assert "(data.val_size 50, data.seed 0) (50 images)" in capsys.readouterr().out
 
 
 def test_calibrate_refuses_a_hold_out_the_checkpoint_trained_on(fitted_with_holdout, capsys):

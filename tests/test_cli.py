@@ -39,7 +39,13 @@ def test_fit_writes_checkpoints_and_tests_the_best_one(fitted_run):
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints" / "base").glob("*.ckpt"))
     assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
     assert "Test accuracy of the best checkpoint" in result.stdout
-    assert "test/acc" in result.stdout
+    assert "test/acc" in result.stdout and "test/ece" in result.stdout and "test/nll" in result.stdout
+    # The best checkpoint, the one fit keeps and tests, carries the temperature fitted on the hold-out.
+    (best,) = (tmp_path / "checkpoints" / "base").glob("epoch*.ckpt")
+    temperature = torch.load(best, weights_only=True)["hyper_parameters"]["temperature"]
+    assert f"Temperature {temperature:.4f} fitted on the hold-out (data.val_size 30" in result.stdout + result.stderr
+    assert torch.load(tmp_path / "checkpoints" / "base" / "last.ckpt", weights_only=True)["hyper_parameters"].get(
+        "temperature", 1.0) == 1.0  # the resume point is not the kept model
 
 
 def test_fit_logs_per_epoch_scalars_to_tensorboard(fitted_run):
