@@ -311,6 +311,10 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
     quiet_lightning()
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] and argv[0] in FUNCTION_SUBCOMMANDS:
+        if argv[0] == "calibrate" and any(arg.split("=")[0] == "--config" for arg in argv[1:]):
+            # jsonargparse would read the fit config as calibrate's own options and name a trainer option.
+            raise UserInputError("calibrate takes the fit config whose hold-out it uses as --fit_config "
+                                 "(e.g. --fit_config configs/base.yaml), not --config.")
         module, function, description = FUNCTION_SUBCOMMANDS[argv[0]]
         run_function = getattr(importlib.import_module(module), function)
         return auto_cli(run_function, args=argv[1:], as_positional=False,

@@ -9,6 +9,7 @@ the arguments of a short ``fit``. Three ways to run, one helper each:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,10 @@ def subprocess_env() -> dict[str, str]:
 
 
 def start_fit(cwd: Path, args: list[str]) -> subprocess.Popen:
+    # Ctrl-C's default action in the child even where the tests run in the background, whose
+    # processes a shell starts with SIGINT ignored (and children inherit that).
     return subprocess.Popen(
         [sys.executable, "-m", "cifar_lightning", *args], cwd=cwd, env=subprocess_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

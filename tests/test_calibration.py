@@ -160,6 +160,8 @@ def test_calibrate_with_a_given_temperature_and_its_refusals(trained, tmp_path, 
         err = run_failing(["calibrate", "--ckpt_path", trained.ckpt, *extra], capsys)
         assert err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "x.ckpt").exists()
+    assert "as --fit_config" in run_failing(["calibrate", "--ckpt_path", trained.ckpt, "--output", str(output),
+                                             "--config", BASE], capsys)
     assert "--overwrite true" in run_failing(["calibrate", "--ckpt_path", trained.ckpt, "--output", trained.ckpt,
                                               "--temperature", "0.8"], capsys)
 
