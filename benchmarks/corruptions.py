@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", default=".cache/cifar_lightning", help="decode cache ('none': no cache)")
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--out", default="robustness", help="folder for corruptions.json, .md and .png")
+    parser.add_argument("--anchors", default=None, help="published results to list beside ours (a JSON file like "
+                        "docs/robustness/robustbench_anchors.json)")
     args = parser.parse_args(argv)
     if args.sample < 0 or args.batch_size < 1:
         parser.error(f"--sample must be at least 0 and --batch_size at least 1, got {args.sample} and {args.batch_size}")
@@ -108,8 +110,25 @@ def score(models: dict[str, object], images: torch.Tensor, labels: torch.Tensor,
     return results
 
 
-def markdown(results: dict[str, dict], what: str) -> str:
-    lines = [f"Accuracy on {what}, full precision; each corruption at severities 1-5 and their mean.", ""]
+def summary(results: dict[str, dict], anchors: dict | None) -> list[str]:
+    """One row per model (and per published anchor): clean, corruption mean, share kept, JPEG."""
+    lines = ["| model | clean | mean over 10 corruptions x 5 severities | share of clean kept | JPEG (CIFAR-10-C, mean of 5) | JPEG q75 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        jpeg = sum(r["corruptions"]["jpeg_compression"]) / 5
+        lines.append(f"| {name} | {r['clean']:.4f} | {r['mean']:.4f} | {r['kept']:.1%} | {jpeg:.4f} | {r['jpeg_q75']:.4f} |")
+    for name, a in (anchors or {}).get("models", {}).items():
+        jpeg = sum(a["corruptions"]["jpeg_compression"]) / 5
+        lines.append(f"| {name} ({a['network']}; published, not ours) | {a['clean']:.4f} | {a['mean']:.4f} | "
+                     f"{a['kept']:.1%} | {jpeg:.4f} | |")
+    return lines
+
+
+def markdown(results: dict[str, dict], what: str, anchors: dict | None = None) -> str:
+    lines = [f"Accuracy on {what}, full precision; each corruption at severities 1-5 and their mean.", "",
+             *summary(results, anchors), ""]
+    if anchors:
+        lines += [f"Published rows: {anchors['source']}.", ""]
     for name, result in results.items():
         lines += [f"**{name}**: clean {result['clean']:.4f}, JPEG q75 {result['jpeg_q75']:.4f} "
                   f"({100 * (result['clean'] - result['jpeg_q75']):.1f} points below clean), "
@@ -156,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     results = score(models, images, labels, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(results, what)
+    anchors = json.loads(Path(args.anchors).read_text()) if args.anchors else None
+    text = markdown(results, what, anchors)
     (out / "corruptions.md").write_text(text)
     (out / "corruptions.json").write_text(json.dumps({"evaluated_on": what, "corruption_seed": args.seed,
                                                       "results": results}, indent=1))
