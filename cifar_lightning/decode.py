@@ -3,8 +3,13 @@
 file the same way.
 
 Any format Pillow reads, any size or colour mode: EXIF rotation applied, transparency composited on
-white, converted to RGB and resized to 32x32 (uint8 ``(3, 32, 32)``). What Pillow cannot decode
-raises one of ``DECODE_ERRORS``; callers turn that into a skip or a 400 with its reason.
+white, 16- and 32-bit greyscale scaled to 8 bits by their range (not clipped), converted to RGB and
+resized to 32x32 (uint8 ``(3, 32, 32)``). What Pillow cannot decode raises one of ``DECODE_ERRORS``;
+callers turn that into a skip or a 400 with its reason.
+
+Only 32x32 pixels are needed, so a file's own header is checked before anything is decoded: an image
+over ``MAX_PIXELS`` is refused (``ImageTooLarge``) without decoding it, a large JPEG is decoded at a
+reduced scale (``Image.draft``), and an animation's first frame alone is decoded.
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_SIZE = 32
-# What Pillow raises for truncated, corrupt or non-image files.
+MAX_PIXELS = 40_000_000  # the largest image decoded (a 40-megapixel photo); larger ones are refused unread
+JPEG_DRAFT_PIXELS = 2_000_000  # JPEGs over this are decoded at 1/2 to 1/8 scale, still 8x the size kept
+# What Pillow raises for truncated, corrupt or non-image files (ImageTooLarge is a ValueError).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the budget, refused before it is decoded."""
 
 
 def to_unit_float(images: Tensor) -> Tensor:
@@ -27,9 +39,31 @@ def to_unit_float(images: Tensor) -> Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer and float images (modes I;16*, I, F) -> 8-bit greyscale ("L"), scaled by
+    their range rather than clipped at 255: 16-bit types by 65,535, 32-bit integers holding 8- or
+    16-bit values by 255 or 65,535, floats in [0, 1] or [0, 255] by 1 or 255, anything else from its
+    minimum to its maximum. Other modes are returned as they are."""
+    if image.mode not in HIGH_BIT_MODES:
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"the {image.mode} image holds values that are not finite numbers (NaN or infinity)")
+    low, high = float(values.min()), float(values.max())
+    if image.mode.startswith("I;16"):
+        low, top = 0.0, 65535.0
+    else:
+        tops = (1.0, 255.0, 65535.0) if image.mode == "F" else (255.0, 65535.0)
+        top = next((t for t in tops if low >= 0 and high <= t), None)
+        low, top = (0.0, top) if top is not None else (low, max(high - low, 1e-12))
+    scaled = np.rint((values - low) / top * 255)
+    return Image.fromarray(scaled.clip(0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image -> RGB at its own size: EXIF rotation applied, transparency on white."""
-    image = ImageOps.exif_transpose(image)
+    """Any Pillow image -> RGB at its own size: EXIF rotation applied, high bit depths scaled to 8
+    bits (``to_8bit``), transparency on white."""
+    image = to_8bit(ImageOps.exif_transpose(image))
     if "A" in image.getbands() or "transparency" in image.info:
         # Convert alone would turn transparent pixels into whatever colour they hide (often black).
         rgba = image.convert("RGBA")
@@ -51,15 +85,34 @@ def image_to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(np.asarray(to_rgb32(image)).copy()).permute(2, 0, 1)
 
 
-def read_image(path: str | os.PathLike) -> Tensor:
-    """One image file -> uint8 (3, 32, 32); one of ``DECODE_ERRORS`` if it is not a readable image."""
-    with Image.open(path) as image:
-        image.load()
+def open_image(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file, decoded within the pixel budget: ``ImageTooLarge`` from the header alone when it
+    declares more than ``max_pixels``; a JPEG over ``JPEG_DRAFT_PIXELS`` decoded at a reduced scale;
+    an animation's first frame only. Close it (or use ``with``) when done."""
+    image = Image.open(source)
+    try:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+                f"{max_pixels / 1e6:.0f}-megapixel limit: send a smaller image (the model looks at 32x32)")
+        if image.format == "JPEG" and width * height > JPEG_DRAFT_PIXELS:
+            image.draft("RGB", (IMAGE_SIZE * 8, IMAGE_SIZE * 8))
+        image.load()  # the current frame: the first, as Image.open leaves it
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """One image file -> uint8 (3, 32, 32); one of ``DECODE_ERRORS`` if it is not a readable image
+    (``ImageTooLarge`` if it is over ``max_pixels``)."""
+    with open_image(path, max_pixels) as image:
         return image_to_tensor(image)
 
 
-def decode_image_bytes(data: bytes) -> Tensor:
+def decode_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Tensor:
     """An image file's bytes (an upload) -> uint8 (3, 32, 32), as ``read_image`` reads the file."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
+    with open_image(io.BytesIO(data), max_pixels) as image:
         return image_to_tensor(image)

@@ -40,7 +40,7 @@ except ImportError as missing:  # a training-only install
                          "pip install -e '.[serve]' (or '.[dev]').") from None
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.decode import DECODE_ERRORS, decode_image_bytes
+from cifar_lightning.decode import DECODE_ERRORS, ImageTooLarge, decode_image_bytes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it
@@ -83,6 +83,8 @@ def decode_upload(upload: Any) -> torch.Tensor | Rejected:
         return Rejected(400, f"{name} is empty.")
     try:
         return decode_image_bytes(data)
+    except ImageTooLarge as error:
+        return Rejected(413, f"{name}: {error}.")
     except DECODE_ERRORS as error:
         return Rejected(400, f"{name} is not an image Pillow can read ({type(error).__name__}).")
 

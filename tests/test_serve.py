@@ -125,6 +125,12 @@ def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(server, model):
     assert "10 MiB" in error_of(client.predict("just_over.png", just_over, "image/png"), 413)
     assert "10 MiB" in error_of(client.predict("huge.png", bytes(3 * MAX_UPLOAD_BYTES), "image/png"), 413)
 
+    # A 35-byte GIF declaring 13,000 x 13,000 pixels: refused from its header, not decoded.
+    from test_decode import gif_bomb
+    start = time.perf_counter()
+    assert "40-megapixel limit" in error_of(client.predict("bomb.gif", gif_bomb(), "image/gif"), 413)
+    assert time.perf_counter() - start < 1.0
+
     assert error_of(client.request("GET", "/nowhere"), 404)
     good = encoded(noise_image(7, (32, 32)), "PNG")
     check_top3(client.predict("after.png", good, "image/png"), model, good)
