@@ -5,9 +5,15 @@
   likely first. Images are decoded and resized by ``decode.py``, as ``predict`` reads a file, and
   classified by the model's ``predict_proba`` (temperature included), so the server, the CLI, Python
   and the ONNX export give the same probabilities for the same file.
-- Bad uploads get a 4xx with ``{"error": "<what was wrong>"}``, never a 500: no ``image`` field, a
-  file that is not an image, a body that is not a multipart form (400); over 10 MiB (413). A bad upload
-  fails alone: the other requests of its batch are answered as usual.
+- Bad uploads get a 4xx with ``{"error": "<what was wrong>"}``, never a 500: no ``image`` field or
+  more than one, a file that is not an image, a body that is not a multipart form (400); a declared
+  or actual body over 10 MiB, an image over 40 megapixels (413, the first before the body is read,
+  the second before the image is decoded); a body that stops arriving for ``body_timeout`` seconds
+  (408). A bad upload fails alone: the other requests of its batch are answered as usual. Uploaded
+  file names appear in errors only sanitised and shortened.
+- Closed by default: no API docs (``/docs``, ``/redoc``, ``/openapi.json``) or ``/info`` unless
+  ``api_docs``; no cross-origin requests unless ``cors_origins`` names the origins allowed; idle
+  keep-alive connections closed after ``keep_alive_timeout`` seconds.
 - Requests are batched (``max_batch_size``, ``batch_timeout``): one forward pass for all images that
   arrive within ``batch_timeout`` seconds of each other, up to ``max_batch_size``.
 - ``GET /`` is a small web page to pick or drop an image and see the top 3 as bars
@@ -18,7 +24,9 @@ docs/deploy.md has the commands, a ``curl`` example and measured throughput.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import socket
 from dataclasses import dataclass
@@ -34,6 +42,7 @@ try:
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
+    from starlette.middleware.cors import CORSMiddleware
     from starlette.requests import Request
 except ImportError as missing:  # a training-only install
     raise UserInputError(f"serve needs LitServe ({missing.name} is not installed): "
@@ -43,6 +52,9 @@ from cifar_lightning.checkpoints import check_checkpoint, load_classifier
 from cifar_lightning.decode import DECODE_ERRORS, ImageTooLarge, decode_image_bytes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
+BODY_TIMEOUT = 15.0  # seconds a request body may stall before the request is answered 408
+KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept (uvicorn's timeout_keep_alive)
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/info")
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it
 FIELD = "image"
 TOP_K = 3
@@ -62,8 +74,17 @@ class Rejected:
     message: str
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, close: bool = False) -> JSONResponse:
+    """``{"error": message}``; ``close``: tell the client the connection ends here (a body left unread)."""
+    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
+
+
+def safe_name(name: str, limit: int = 40) -> str:
+    """An uploaded file name as it may appear in a message: its last path part, characters other than
+    letters, digits, '.', '-' and '_' replaced by '_', at most ``limit`` characters."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base) or "upload"
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
 def decode_upload(upload: Any) -> torch.Tensor | Rejected:
@@ -74,7 +95,7 @@ def decode_upload(upload: Any) -> torch.Tensor | Rejected:
     if not hasattr(upload, "read"):  # a text field (curl -F image=cat.jpg without the @)
         return Rejected(400, f"The '{FIELD}' field holds text, not a file. Send a file, e.g. "
                              f"curl -F {FIELD}=@photo.jpg URL/predict (note the @).")
-    name = getattr(upload, "filename", None) or FIELD
+    name = safe_name(getattr(upload, "filename", None) or FIELD)
     upload.file.seek(0)
     data = upload.file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
@@ -117,7 +138,10 @@ class ClassifierAPI(ls.LitAPI):
 
     def decode_request(self, request):  # unannotated: LitServe then passes the parsed form (a Request's)
         # Never raise here: with batching, LitServe fails every request of the batch on one exception.
-        return decode_upload(request.get(FIELD))
+        parts = request.getlist(FIELD) if hasattr(request, "getlist") else [request.get(FIELD)]
+        if len(parts) > 1:
+            return Rejected(400, f"The form has {len(parts)} '{FIELD}' fields: send exactly one image per request.")
+        return decode_upload(parts[0] if parts else None)
 
     def batch(self, inputs: list) -> list:
         return inputs  # predict stacks the images and leaves the rejected ones out
@@ -145,45 +169,52 @@ class ClassifierAPI(ls.LitAPI):
 
 
 class UploadLimit:
-    """ASGI middleware for ``POST /predict``: 413 for a body over the limit, 400 for a body that is not a
-    multipart form, both as ``{"error": ...}`` and before anything is parsed (LitServe would answer a
-    non-form body with a 500). The body is read here, at most ``max_bytes`` of it, and handed on."""
+    """ASGI middleware for ``POST /predict``: 413 for a body over the limit (at once, unread, when its
+    declared length says so), 408 for a body that stalls for ``body_timeout`` seconds, 400 for a body
+    that is not a multipart form, all as ``{"error": ...}`` and before anything is parsed (LitServe
+    would answer a non-form body with a 500). The body is read here, at most ``max_bytes`` of it, and
+    handed on."""
 
-    def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES, path: str = "/predict"):
+    def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES, path: str = "/predict",
+                 body_timeout: float = BODY_TIMEOUT):
         self.app = app
         self.max_bytes = max_bytes
         self.path = path
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        too_large = error_response(413, f"The upload is larger than the {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB limit.")
+        too_large = error_response(413, f"The upload is larger than the {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB limit.",
+                                   close=True)
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
             declared = 0
-        if declared > self.max_bytes:
-            await self.drain(receive)
+        if declared > self.max_bytes:  # answered unread; the connection closes, as the body is not taken
             await too_large(scope, receive, send)
             return
         if not headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
-            await self.drain(receive)
+            await self.drain(receive, self.max_bytes, self.body_timeout)
             await error_response(400, f"Send the image as a multipart form with the file field '{FIELD}', "
                                       f"e.g. curl -F {FIELD}=@photo.jpg URL/predict.")(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                await error_response(408, f"The request body stopped arriving for {self.body_timeout:g} s: "
+                                          "send the whole upload at once.", close=True)(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > self.max_bytes:
-                if more:
-                    await self.drain(receive)
+            if size > self.max_bytes:  # a body longer than declared (or undeclared): answered, not read further
                 await too_large(scope, receive, send)
                 return
         body = b"".join(chunks)
@@ -212,11 +243,15 @@ class UploadLimit:
         return replay_receive
 
     @staticmethod
-    async def drain(receive: Any, cap: int = 64 * MAX_UPLOAD_BYTES) -> None:
-        """Read and drop the rest of the body (up to ``cap``), so the client gets to read the answer."""
+    async def drain(receive: Any, cap: int, timeout: float) -> None:
+        """Read and drop the rest of a small body (up to ``cap`` bytes, none waited for longer than
+        ``timeout``), so the client gets to read the answer."""
         read, more = 0, True
         while more and read < cap:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except asyncio.TimeoutError:
+                return
             if message["type"] == "http.disconnect":
                 return
             read += len(message.get("body", b""))
@@ -229,12 +264,18 @@ async def json_http_error(request: Request, error: HTTPException) -> JSONRespons
 
 
 def build_server(ckpt_path: str, max_batch_size: int = 32, batch_timeout: float = 0.01,
-                 tta_flip: bool | None = None, accelerator: str = "auto") -> ls.LitServer:
-    """The ``LitServer``: ``ClassifierAPI`` at ``/predict``, the page at ``/``, errors as JSON."""
+                 tta_flip: bool | None = None, accelerator: str = "auto", body_timeout: float = BODY_TIMEOUT,
+                 api_docs: bool = False, cors_origins: list[str] | None = None) -> ls.LitServer:
+    """The ``LitServer``: ``ClassifierAPI`` at ``/predict``, the page at ``/``, errors as JSON; the API
+    docs and ``/info`` only with ``api_docs``, cross-origin requests only from ``cors_origins``."""
     api = ClassifierAPI(ckpt_path, tta_flip=tta_flip, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-    server = ls.LitServer(api, accelerator=accelerator, middlewares=[UploadLimit])
+    middlewares: list = [(UploadLimit, {"body_timeout": body_timeout})]
+    if cors_origins:
+        middlewares.append((CORSMiddleware, {"allow_origins": list(cors_origins), "allow_methods": ["GET", "POST"]}))
+    server = ls.LitServer(api, accelerator=accelerator, middlewares=middlewares, disable_openapi_url=not api_docs)
     app = server.app
-    app.router.routes = [route for route in app.router.routes if getattr(route, "path", None) != "/"]
+    hidden = {"/"} | (set() if api_docs else set(DOCS_PATHS))
+    app.router.routes = [route for route in app.router.routes if getattr(route, "path", None) not in hidden]
     html = page()
 
     async def index() -> HTMLResponse:
@@ -263,7 +304,9 @@ def check_port(host: str, port: int) -> None:
 def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_size: int = 32,
           batch_timeout: float = 0.01, tta_flip: bool | None = None,
           accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
-          log_level: Literal["debug", "info", "warning", "error"] = "info") -> None:
+          log_level: Literal["debug", "info", "warning", "error"] = "info", body_timeout: float = BODY_TIMEOUT,
+          keep_alive_timeout: int = KEEP_ALIVE_TIMEOUT, api_docs: bool = False,
+          cors_origins: list[str] | None = None) -> None:
     """Serve a checkpoint over HTTP with LitServe until Ctrl-C or SIGTERM.
 
     POST /predict (multipart field 'image') answers the top 3 classes as JSON; GET / is a web page to
@@ -278,13 +321,22 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
         tta_flip: Average each image with its mirror image (None: the checkpoint's setting).
         accelerator: Where the model runs (auto: LitServe's choice, a GPU where there is one).
         log_level: Server log level (debug, info, warning, error); info logs every request.
+        body_timeout: Seconds an upload may stall before the request is answered 408 and closed.
+        keep_alive_timeout: Seconds an idle keep-alive connection stays open.
+        api_docs: Serve the API docs (/docs, /redoc, /openapi.json) and LitServe's /info (off: not public).
+        cors_origins: Origins whose pages may call the service from a browser, e.g. https://example.org
+            (none: cross-origin requests are not allowed).
     """
     check_checkpoint(ckpt_path)
     check_port(host, port)
     if max_batch_size < 1 or batch_timeout < 0:
         raise UserInputError(f"--max_batch_size must be at least 1 and --batch_timeout at least 0, "
                              f"got {max_batch_size} and {batch_timeout}.")
-    server = build_server(ckpt_path, max_batch_size, batch_timeout, tta_flip, accelerator)
+    if body_timeout <= 0 or keep_alive_timeout < 1:
+        raise UserInputError(f"--body_timeout must be above 0 and --keep_alive_timeout at least 1, "
+                             f"got {body_timeout} and {keep_alive_timeout}.")
+    server = build_server(ckpt_path, max_batch_size, batch_timeout, tta_flip, accelerator, body_timeout, api_docs,
+                          cors_origins)
 
     main_pid = os.getpid()
 
@@ -295,4 +347,5 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
         os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, stop)
-    server.run(host=host, port=port, generate_client_file=False, log_level=log_level)
+    server.run(host=host, port=port, generate_client_file=False, log_level=log_level,
+               timeout_keep_alive=keep_alive_timeout)

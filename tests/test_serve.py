@@ -43,9 +43,13 @@ SCREENSHOT = REPO / "docs" / "images" / "web_page.png"
 LOAD_REQUESTS, LOAD_CLIENTS = 500, 16
 
 
+BODY_TIMEOUT = 2  # the shared server's --body_timeout: a stalled upload is answered 408 after it
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(SHIPPED_CKPT, tmp_path_factory.mktemp("serve") / "serve.log") as running:
+    with running_server(SHIPPED_CKPT, tmp_path_factory.mktemp("serve") / "serve.log",
+                        "--body_timeout", str(BODY_TIMEOUT)) as running:
         yield running
 
 
@@ -123,7 +127,11 @@ def test_bad_uploads_get_4xx_json_and_the_server_keeps_serving(server, model):
     # Over the limit: a file just over it (caught on reading the form) and a much larger body (refused unread).
     just_over = b"\x89PNG" + bytes(MAX_UPLOAD_BYTES - 3)
     assert "10 MiB" in error_of(client.predict("just_over.png", just_over, "image/png"), 413)
-    assert "10 MiB" in error_of(client.predict("huge.png", bytes(3 * MAX_UPLOAD_BYTES), "image/png"), 413)
+    # A much larger one is answered before its body is read, so a client sends it as curl does, asking
+    # first (Expect: 100-continue); one that sends regardless finds the connection closed under it.
+    answer, _ = raw_exchange(server.port, post_head(3 * MAX_UPLOAD_BYTES).replace(
+        b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+    assert answer.startswith(b"HTTP/1.1 413") and b"10 MiB" in answer
 
     # A 35-byte GIF declaring 13,000 x 13,000 pixels: refused from its header, not decoded.
     from test_decode import gif_bomb
@@ -329,3 +337,54 @@ def test_web_page_in_headless_chromium(server, model, tmp_path):
         finally:
             browser.close()
     assert screenshot.stat().st_size > 1000
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """Send raw bytes on a new connection and read until the server closes it: (answer, seconds)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        start = time.perf_counter()
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer, time.perf_counter() - start
+
+
+def post_head(length: int) -> bytes:
+    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def test_http_limits_answer_at_once_and_close(server):
+    # A declared body over the limit: 413 before any of it is read, and the connection closed.
+    answer, took = raw_exchange(server.port, post_head(1024 ** 3))
+    assert answer.startswith(b"HTTP/1.1 413") and b"10 MiB limit" in answer and took < 1.0
+    # A body that stops arriving: 408 after the body timeout, and the connection closed.
+    answer, took = raw_exchange(server.port, post_head(5 * 1024 * 1024) + b"--b\r\n" + bytes(1000))
+    assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer
+    assert BODY_TIMEOUT - 0.5 < took < BODY_TIMEOUT + 3
+    # The service goes on answering.
+    assert Client(server.port).request("GET", "/health").status == 200
+
+
+def test_exactly_one_image_part_and_names_sanitised(server):
+    client = server.client()
+    image = encoded(noise_image(8, (32, 32)), "PNG")
+    part = lambda name: (f'--b\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'  # noqa: E731
+                         f"Content-Type: image/png\r\n\r\n").encode() + image + b"\r\n"
+    two = part("a.png") + part("b.png") + b"--b--\r\n"
+    answer = client.request("POST", "/predict", two, {"Content-Type": "multipart/form-data; boundary=b"})
+    assert "2 'image' fields" in error_of(answer, 400)
+    hostile = "../../etc/<script>alert(1)</script>" + "x" * 200 + ".png"
+    message = error_of(client.predict(hostile, b"not an image"), 400)
+    assert "<script>" not in message and "../" not in message and "/" not in message.split(" is not")[0]
+    assert len(message.split(" is not")[0]) <= 40
+
+
+def test_api_docs_and_info_are_not_public_by_default(server):
+    client = server.client()
+    for path in ("/docs", "/redoc", "/openapi.json", "/info"):
+        assert client.request("GET", path).status == 404, path
+    cross_origin = client.request("OPTIONS", "/predict", headers={
+        "Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"})
+    assert cross_origin.status == 405  # no CORS preflight answered: browsers on other sites may not call it
