@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,16 +30,10 @@ from cifar_lightning.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.jpeg import reencode_jpeg
+from cifar_lightning.precision import cpu_name
 from cifar_lightning.predict import predict_probabilities
 
 JPEG_Q75 = 75
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -167,7 +160,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         images, labels, what = evaluation_images(args)
     except UserInputError as error:
         sys.exit(f"error: {error}")
-    torch.set_grad_enabled(False)
     models = {Path(path).stem: load_classifier(path) for path in args.ckpt_path}
     print(f"Scoring {', '.join(models)} on {what}; torch {torch.__version__}, {cpu_name()}, "
           f"{torch.get_num_threads()} threads", flush=True)
