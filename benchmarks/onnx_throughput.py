@@ -18,7 +18,6 @@ torch fp32. Every engine uses --threads threads.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,21 +29,11 @@ import torch
 
 from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.export import export_onnx
-from cifar_lightning.precision import cpu_has_native_bf16
+from cifar_lightning.precision import cpu_has_native_bf16, cpu_name
 from cifar_lightning.predict import predict_probabilities
 from cifar_lightning.sources import load_split
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ from lightning.pytorch.callbacks import Callback
 from cifar_lightning.cli import cli_main
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.precision import auto_precision
+from cifar_lightning.precision import auto_precision, cpu_name
 from cifar_lightning.sources import find_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,9 +169,7 @@ def native_bf16(device: str) -> tuple[bool, str]:
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-    return f"CPU {models[0] if models else platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return f"CPU {cpu_name()} ({os.cpu_count()} cores)"
 
 
 def augmentation(datamodule) -> str:

@@ -6,7 +6,6 @@ out; this is for checkpoints that were trained before, or on every training imag
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from cifar_lightning.calibration import calibrate_logits, collect_view_logits, write_temperature
+from cifar_lightning.calibration import calibrate_logits, collect_view_logits, is_valid_temperature, write_temperature
 from cifar_lightning.checkpoint_io import check_output_file
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
 from cifar_lightning.datamodule import CIFAR10DataModule
@@ -122,7 +121,7 @@ def calibrate(
         if given_data or image_dir is not None:
             raise UserInputError("--temperature sets the temperature without fitting it: leave out --fit_config, "
                                  "--data_dir, --val_size, --seed and --image_dir, or leave out --temperature.")
-        if not (temperature > 0 and math.isfinite(temperature)):
+        if not is_valid_temperature(temperature):
             raise ConfigError(f"--temperature must be a finite number greater than 0, got {temperature}.")
         write_temperature(ckpt_path, out, temperature, {"temperature": float(temperature),
                                                          "fitted_on": "given to calibrate --temperature"})

@@ -33,6 +33,11 @@ ECE_BINS = 15  # equal-width confidence bins, as Guo et al. and torchmetrics' ex
 TEMPERATURE_RANGE = (0.05, 20.0)  # a fitted T outside this means the hold-out is broken, not the model
 
 
+def is_valid_temperature(temperature: float) -> bool:
+    """A temperature divides logits: it must be a finite number above 0."""
+    return temperature > 0 and math.isfinite(temperature)
+
+
 def combine_views(view_logits: Tensor, temperature: float | Tensor) -> Tensor:
     """float logits (V, N, C) of V views of each image -> log class probabilities (N, C): each view's
     softmax at ``temperature``, averaged over the views (the log of the mean, computed in log space)."""

@@ -3,7 +3,6 @@ and the one inference path (``predict_proba``) that every probability a user see
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from cifar_lightning.calibration import ECE_BINS, combine_views
+from cifar_lightning.calibration import ECE_BINS, combine_views, is_valid_temperature
 from cifar_lightning.checkpoints import check_compatible
 from cifar_lightning.decode import to_unit_float
 from cifar_lightning.errors import ConfigError
@@ -258,7 +257,7 @@ def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, cla
                    momentum, warmup_fraction, weight_decay, bn_momentum, temperature) -> None:
     """Reject values that would train nonsense, naming the setting and its valid range."""
     problems = []
-    if not (temperature > 0 and math.isfinite(temperature)):
+    if not is_valid_temperature(temperature):
         problems.append(f"temperature must be a finite number greater than 0, got {temperature}")
     if not 0 <= momentum < 1:
         problems.append(f"momentum must be in [0, 1), got {momentum}")

@@ -11,11 +11,23 @@ and in ``test``; pass ``--trainer.precision 32-true`` for bitwise-comparable num
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 
 def uses_cuda(accelerator: object) -> bool:
     return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as the figures this project reports name it ("model name" in /proc/cpuinfo)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_has_native_bf16() -> bool:
