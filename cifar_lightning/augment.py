@@ -8,6 +8,8 @@ floats in [0, 1], so evaluation batches (never augmented) stay uint8.
   with 'nearest' fill.
 - ``BatchRandomCrop``: random crop after reflect padding, and a flip (``configs/fast.yaml``).
 - ``BatchGaussianNoise``: additive Gaussian noise, a strength drawn per image (robustness to noisy photos).
+- ``BatchRandomContrast``: contrast lowered towards each image's mean, a factor drawn per image
+  (robustness to dim, hazy, low-contrast photos).
 
 The Keras augmentation has two implementations of one distribution:
 
@@ -150,6 +152,39 @@ class BatchGaussianNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, max_sigma={self.max_sigma}"
+
+
+class BatchRandomContrast(nn.Module):
+    """Lower the contrast of a share of the images: ``mean + c * (x - mean)``, ``c`` drawn per image.
+
+    The mean is each image's own over all pixels and channels, as in CIFAR-10-C's contrast
+    corruption, so the image keeps its average brightness. Per image for the reason given in
+    ``BatchGaussianNoise``.
+
+    Args:
+        p: Share of the images whose contrast is lowered.
+        min_factor: Smallest contrast factor; each chosen image draws ``c`` uniformly from
+            [min_factor, 1] (1 leaves it unchanged; CIFAR-10-C's contrast runs 0.75 down to 0.15).
+    """
+
+    def __init__(self, p: float = 0.33, min_factor: float = 0.2):
+        super().__init__()
+        if not 0 <= p <= 1 or not 0 <= min_factor <= 1:
+            raise ConfigError(f"The contrast's p and min_factor must be in [0, 1], got {p} and {min_factor}.")
+        self.p = p
+        self.min_factor = min_factor
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = to_unit_float(images)
+        b = x.shape[0]
+        factor = self.min_factor + torch.rand(b, device=x.device, generator=generator) * (1 - self.min_factor)
+        factor = torch.where(torch.rand(b, device=x.device, generator=generator) < self.p, factor, 1.0)
+        factor = factor.view(b, 1, 1, 1).to(x.dtype)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (mean + (x - mean) * factor).clamp_(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, min_factor={self.min_factor}"
 
 
 class KerasRandomAffine(nn.Module):

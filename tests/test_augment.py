@@ -114,3 +114,46 @@ def test_uint8_scaling_is_kerass_division_by_255():
     keras = torch.from_numpy(every_value.numpy().astype("float32") / 255)
     assert torch.equal(to_unit_float(every_value), keras)
     assert not torch.equal(TF.to_dtype(every_value, torch.float32, scale=True), keras)
+
+
+def mid_grey_images(n: int) -> torch.Tensor:
+    """Images well inside [0, 1], so that no clipping hides what a photometric augmentation did."""
+    torch.manual_seed(3)
+    return (torch.rand(n, 3, 32, 32) * 0.4 + 0.3)
+
+
+def test_gaussian_noise_reaches_the_set_share_of_images_with_sigmas_up_to_the_maximum():
+    from cifar_lightning.augment import BatchGaussianNoise
+
+    images = mid_grey_images(4000)
+    torch.manual_seed(4)
+    sigma = (BatchGaussianNoise(p=0.25, max_sigma=0.08)(images) - images).std(dim=(1, 2, 3))
+    noised = sigma > 1e-6
+    assert abs(noised.float().mean().item() - 0.25) < 0.03
+    # Each noised image's sigma is uniform on [0, 0.08]: mean 0.04, nothing above the maximum.
+    assert sigma.max().item() < 0.08 * 1.1
+    assert abs(sigma[noised].mean().item() - 0.04) < 0.004
+
+
+def test_contrast_keeps_each_images_mean_and_scales_its_spread_by_a_factor_in_range():
+    from cifar_lightning.augment import BatchRandomContrast
+
+    images = mid_grey_images(4000)
+    torch.manual_seed(5)
+    out = BatchRandomContrast(p=0.5, min_factor=0.2)(images)
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=1e-5)
+    factor = out.std(dim=(1, 2, 3)) / images.std(dim=(1, 2, 3))
+    changed = factor < 1 - 1e-4
+    assert abs(changed.float().mean().item() - 0.5) < 0.03
+    assert factor.min().item() > 0.2 - 1e-4
+    assert abs(factor[changed].mean().item() - 0.6) < 0.02  # uniform on [0.2, 1]
+    assert out.dtype == torch.float32 and out.shape == images.shape
+
+
+@pytest.mark.parametrize("settings", [{"p": 1.5}, {"min_factor": -0.1}])
+def test_contrast_refuses_settings_outside_zero_to_one(settings):
+    from cifar_lightning.augment import BatchRandomContrast
+    from cifar_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be in \\[0, 1\\]"):
+        BatchRandomContrast(**settings)
