@@ -28,6 +28,7 @@ JPEG_DRAFT_PIXELS = 2_000_000  # JPEGs over this are decoded at 1/2 to 1/8 scale
 # What Pillow raises for truncated, corrupt or non-image files (ImageTooLarge is a ValueError).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
 
 
 class ImageTooLarge(ValueError):
@@ -60,10 +61,16 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.clip(0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image -> RGB at its own size: EXIF rotation applied, high bit depths scaled to 8
-    bits (``to_8bit``), transparency on white."""
-    image = to_8bit(ImageOps.exif_transpose(image))
+def oriented(image: Image.Image) -> Image.Image:
+    """EXIF rotation applied (a new image), or the image itself where there is none to apply: Pillow's
+    ``exif_transpose`` would copy it regardless, tens of megabytes for a large photo."""
+    if image.getexif().get(ORIENTATION_TAG, 1) in (1, None):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """Any 8-bit Pillow image -> RGB, transparency composited on white."""
     if "A" in image.getbands() or "transparency" in image.info:
         # Convert alone would turn transparent pixels into whatever colour they hide (often black).
         rgba = image.convert("RGBA")
@@ -71,9 +78,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image -> RGB at its own size: EXIF rotation applied, high bit depths scaled to 8
+    bits (``to_8bit``), transparency on white."""
+    return flatten_to_rgb(to_8bit(oriented(image)))
+
+
 def to_rgb32(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
-    """Any Pillow image -> RGB ``size`` x ``size`` (``to_rgb``, then squashed to the square)."""
-    image = to_rgb(image)
+    """Any Pillow image -> RGB ``size`` x ``size`` (``to_rgb``, then squashed to the square).
+
+    Greyscale and RGB images without transparency are resized before the conversion to RGB: the
+    same pixels (converting greyscale repeats the one channel), without a full-size RGB copy, which
+    for a 40-megapixel greyscale image is 120 MB."""
+    image = to_8bit(oriented(image))
+    if image.size != (size, size) and image.mode in ("L", "RGB") and "transparency" not in image.info:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    image = flatten_to_rgb(image)
     if image.size != (size, size):
         # Pillow widens the filter when shrinking (antialiased), so large photos do not alias.
         image = image.resize((size, size), Image.Resampling.BICUBIC)
@@ -85,10 +105,10 @@ def image_to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(np.asarray(to_rgb32(image)).copy()).permute(2, 0, 1)
 
 
-def open_image(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """An image file, decoded within the pixel budget: ``ImageTooLarge`` from the header alone when it
-    declares more than ``max_pixels``; a JPEG over ``JPEG_DRAFT_PIXELS`` decoded at a reduced scale;
-    an animation's first frame only. Close it (or use ``with``) when done."""
+def open_header(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file with only its header read: ``ImageTooLarge`` when it declares more than
+    ``max_pixels``; a JPEG over ``JPEG_DRAFT_PIXELS`` set to decode at a reduced scale (its ``size``
+    is then what will be decoded). Close it (or use ``with``) when done."""
     image = Image.open(source)
     try:
         width, height = image.size
@@ -98,11 +118,30 @@ def open_image(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIX
                 f"{max_pixels / 1e6:.0f}-megapixel limit: send a smaller image (the model looks at 32x32)")
         if image.format == "JPEG" and width * height > JPEG_DRAFT_PIXELS:
             image.draft("RGB", (IMAGE_SIZE * 8, IMAGE_SIZE * 8))
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def open_image(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file, decoded within the pixel budget (``open_header``): refused from its header when
+    too large, a large JPEG at a reduced scale, an animation's first frame only. Close it when done."""
+    image = open_header(source, max_pixels)
+    try:
         image.load()  # the current frame: the first, as Image.open leaves it
     except BaseException:
         image.close()
         raise
     return image
+
+
+def decode_cost(data: bytes, max_pixels: int = MAX_PIXELS) -> int:
+    """How many pixels ``decode_image_bytes`` would decode, from the header alone (microseconds): a
+    service uses it to keep costly decodes apart. Raises as ``open_header`` does."""
+    with open_header(io.BytesIO(data), max_pixels) as image:
+        width, height = image.size
+        return width * height
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:

@@ -9,8 +9,13 @@
   more than one, a file that is not an image, a body that is not a multipart form (400); a declared
   or actual body over 10 MiB, an image over 40 megapixels (413, the first before the body is read,
   the second before the image is decoded); a body that stops arriving for ``body_timeout`` seconds
-  (408). A bad upload fails alone: the other requests of its batch are answered as usual. Uploaded
-  file names appear in errors only sanitised and shortened.
+  (408); headers that take longer than ``header_timeout`` seconds (408, closed). A bad upload fails
+  alone: the other requests of its batch are answered as usual. Uploaded file names appear in errors
+  only sanitised and shortened.
+- Uploads are decoded by ``UploadLimit`` in the HTTP process's threads (``DecodeGate``), not in the
+  worker that batches and predicts: small images at once, large ones (over 4 megapixels as decoded)
+  one at a time with two waiting and any more answered 503, so a burst of costly images neither
+  stalls other clients nor grows memory without bound.
 - Closed by default: no API docs (``/docs``, ``/redoc``, ``/openapi.json``) or ``/info`` unless
   ``api_docs``; no cross-origin requests unless ``cors_origins`` names the origins allowed; idle
   keep-alive connections closed after ``keep_alive_timeout`` seconds.
@@ -25,8 +30,10 @@ docs/deploy.md has the commands, a ``curl`` example and measured throughput.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
+import secrets
 import signal
 import socket
 from dataclasses import dataclass
@@ -34,8 +41,10 @@ from importlib import resources
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 
 from cifar_lightning.errors import UserInputError
+from cifar_lightning.header_timeout import protocol_with_header_timeout
 
 try:
     import litserve as ls
@@ -49,14 +58,17 @@ except ImportError as missing:  # a training-only install
                          "pip install -e '.[serve]' (or '.[dev]').") from None
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.decode import DECODE_ERRORS, ImageTooLarge, decode_image_bytes
+from cifar_lightning.decode import DECODE_ERRORS, ImageTooLarge, decode_cost, decode_image_bytes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
 BODY_TIMEOUT = 15.0  # seconds a request body may stall before the request is answered 408
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept (uvicorn's timeout_keep_alive)
+HEADER_TIMEOUT = 10.0  # seconds a request's headers may take (header_timeout.py; uvicorn has no such limit)
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/info")
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it
 FIELD = "image"
+SMALL_DECODE_PIXELS = 4_000_000  # decodes up to this size run at once (tens of milliseconds each)
+RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503
 TOP_K = 3
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 
@@ -75,8 +87,12 @@ class Rejected:
 
 
 def error_response(status: int, message: str, close: bool = False) -> JSONResponse:
-    """``{"error": message}``; ``close``: tell the client the connection ends here (a body left unread)."""
-    return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
+    """``{"error": message}``; ``close``: tell the client the connection ends here (a body left unread);
+    a 503 says when to retry."""
+    headers = {"Connection": "close"} if close else {}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
 def safe_name(name: str, limit: int = 40) -> str:
@@ -87,14 +103,22 @@ def safe_name(name: str, limit: int = 40) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
-def decode_upload(upload: Any) -> torch.Tensor | Rejected:
-    """A form field -> uint8 (3, 32, 32) as ``predict`` makes it from a file, or why not."""
+def pick_upload(parts: list) -> Any:
+    """The form's one ``image`` file part, or a ``Rejected`` saying what is wrong with the form."""
+    if len(parts) > 1:
+        return Rejected(400, f"The form has {len(parts)} '{FIELD}' fields: send exactly one image per request.")
+    upload = parts[0] if parts else None
     if upload is None:
         return Rejected(400, f"No '{FIELD}' field in the form. Send the image as a file field named "
                              f"'{FIELD}', e.g. curl -F {FIELD}=@photo.jpg URL/predict.")
     if not hasattr(upload, "read"):  # a text field (curl -F image=cat.jpg without the @)
         return Rejected(400, f"The '{FIELD}' field holds text, not a file. Send a file, e.g. "
                              f"curl -F {FIELD}=@photo.jpg URL/predict (note the @).")
+    return upload
+
+
+def read_upload(upload: Any) -> tuple[str, bytes] | Rejected:
+    """A file part -> (its sanitised name, its bytes), or why not (empty, over the size limit)."""
     name = safe_name(getattr(upload, "filename", None) or FIELD)
     upload.file.seek(0)
     data = upload.file.read(MAX_UPLOAD_BYTES + 1)
@@ -102,12 +126,76 @@ def decode_upload(upload: Any) -> torch.Tensor | Rejected:
         return Rejected(413, f"{name} is larger than the {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB limit.")
     if not data:
         return Rejected(400, f"{name} is empty.")
+    return name, data
+
+
+def decoding_error(name: str, error: Exception) -> Rejected:
+    if isinstance(error, ImageTooLarge):
+        return Rejected(413, f"{name}: {error}.")
+    return Rejected(400, f"{name} is not an image Pillow can read ({type(error).__name__}).")
+
+
+def decode_upload(parts: list) -> torch.Tensor | Rejected:
+    """The form's ``image`` parts -> uint8 (3, 32, 32) as ``predict`` makes it from a file, or why not."""
+    upload = pick_upload(parts)
+    if isinstance(upload, Rejected):
+        return upload
+    read = read_upload(upload)
+    if isinstance(read, Rejected):
+        return read
+    name, data = read
     try:
         return decode_image_bytes(data)
-    except ImageTooLarge as error:
-        return Rejected(413, f"{name}: {error}.")
     except DECODE_ERRORS as error:
-        return Rejected(400, f"{name} is not an image Pillow can read ({type(error).__name__}).")
+        return decoding_error(name, error)
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """uint8 (3, H, W) -> a lossless PNG file, which ``decode_image_bytes`` reads back unchanged."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class DecodeGate:
+    """Uploads decoded in threads of the HTTP process, off its event loop and off the worker that
+    batches and predicts, with the cost of each known from its header first (``decode_cost``):
+
+    - up to ``SMALL_DECODE_PIXELS`` (any photo after JPEG's reduced decode): decoded at once, in
+      parallel;
+    - larger ones (a big PNG, GIF or TIFF, up to the ``MAX_PIXELS`` budget): ``large_at_once`` at a
+      time, ``large_waiting`` more queued, any beyond answered 503 with Retry-After, so a burst of
+      them bounds memory and never delays the small ones.
+    """
+
+    def __init__(self, large_at_once: int = 1, large_waiting: int = 2):
+        self.large = asyncio.Semaphore(large_at_once)
+        self.capacity = large_at_once + large_waiting
+        self.large_in_flight = 0
+
+    async def decode(self, name: str, data: bytes) -> torch.Tensor | Rejected:
+        try:
+            cost = decode_cost(data)
+        except DECODE_ERRORS as error:
+            return decoding_error(name, error)
+        if cost <= SMALL_DECODE_PIXELS:
+            return await asyncio.to_thread(self.decode_now, name, data)
+        if self.large_in_flight >= self.capacity:
+            return Rejected(503, f"{name} is a large image ({cost / 1e6:.0f} megapixels) and the server is "
+                                 "decoding others: retry in a few seconds, or send it smaller.")
+        self.large_in_flight += 1
+        try:
+            async with self.large:
+                return await asyncio.to_thread(self.decode_now, name, data)
+        finally:
+            self.large_in_flight -= 1
+
+    @staticmethod
+    def decode_now(name: str, data: bytes) -> torch.Tensor | Rejected:
+        try:
+            return decode_image_bytes(data)
+        except DECODE_ERRORS as error:
+            return decoding_error(name, error)
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -138,10 +226,10 @@ class ClassifierAPI(ls.LitAPI):
 
     def decode_request(self, request):  # unannotated: LitServe then passes the parsed form (a Request's)
         # Never raise here: with batching, LitServe fails every request of the batch on one exception.
+        # UploadLimit has decoded the upload already and handed on a 32x32 PNG of it: decoded here
+        # in microseconds, so no upload's decoding delays a batch.
         parts = request.getlist(FIELD) if hasattr(request, "getlist") else [request.get(FIELD)]
-        if len(parts) > 1:
-            return Rejected(400, f"The form has {len(parts)} '{FIELD}' fields: send exactly one image per request.")
-        return decode_upload(parts[0] if parts else None)
+        return decode_upload([part for part in parts if part is not None])
 
     def batch(self, inputs: list) -> list:
         return inputs  # predict stacks the images and leaves the rejected ones out
@@ -172,8 +260,9 @@ class UploadLimit:
     """ASGI middleware for ``POST /predict``: 413 for a body over the limit (at once, unread, when its
     declared length says so), 408 for a body that stalls for ``body_timeout`` seconds, 400 for a body
     that is not a multipart form, all as ``{"error": ...}`` and before anything is parsed (LitServe
-    would answer a non-form body with a 500). The body is read here, at most ``max_bytes`` of it, and
-    handed on."""
+    would answer a non-form body with a 500). The body is read here, at most ``max_bytes`` of it; the
+    image in it is decoded here (``DecodeGate``), a bad one answered at once, a good one handed on
+    as a 32x32 PNG, so LitServe's worker never pays for a costly decode."""
 
     def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES, path: str = "/predict",
                  body_timeout: float = BODY_TIMEOUT):
@@ -181,6 +270,7 @@ class UploadLimit:
         self.max_bytes = max_bytes
         self.path = path
         self.body_timeout = body_timeout
+        self.gate = DecodeGate()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -221,12 +311,39 @@ class UploadLimit:
         # LitServe answers a form that does not parse (a bad boundary, a truncated body) with a 500.
         try:
             form = await Request(scope, self.replay(body, receive)).form()
-            await form.close()
         except (MultiPartException, HTTPException) as error:
             message = getattr(error, "detail", None) or getattr(error, "message", str(error))
             await error_response(400, f"The multipart form could not be read: {message}")(scope, receive, send)
             return
-        await self.app(scope, self.replay(body, receive), send)
+        try:
+            decoded = await self.decode_form(form)
+        finally:
+            await form.close()
+        if isinstance(decoded, Rejected):
+            await error_response(decoded.status, decoded.message)(scope, receive, send)
+            return
+        body, content_type = self.small_form(decoded)
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type")]
+        headers += [(b"content-length", str(len(body)).encode()), (b"content-type", content_type)]
+        await self.app(dict(scope, headers=headers), self.replay(body, receive), send)
+
+    async def decode_form(self, form: Any) -> torch.Tensor | Rejected:
+        upload = pick_upload(form.getlist(FIELD))
+        if isinstance(upload, Rejected):
+            return upload
+        read = read_upload(upload)
+        if isinstance(read, Rejected):
+            return read
+        return await self.gate.decode(*read)
+
+    @staticmethod
+    def small_form(image: torch.Tensor) -> tuple[bytes, bytes]:
+        """The decoded image as a form with one field, ``image``: a 32x32 PNG. Returns (body, content type)."""
+        boundary = b"cifar-lightning-" + secrets.token_hex(12).encode()
+        body = (b"--" + boundary + b"\r\n"
+                + f'Content-Disposition: form-data; name="{FIELD}"; filename="{FIELD}.png"\r\n'.encode()
+                + b"Content-Type: image/png\r\n\r\n" + png_bytes(image) + b"\r\n--" + boundary + b"--\r\n")
+        return body, b"multipart/form-data; boundary=" + boundary
 
     @staticmethod
     def replay(body: bytes, receive: Any) -> Any:
@@ -305,8 +422,8 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
           batch_timeout: float = 0.01, tta_flip: bool | None = None,
           accelerator: Literal["auto", "cpu", "cuda", "mps"] = "auto",
           log_level: Literal["debug", "info", "warning", "error"] = "info", body_timeout: float = BODY_TIMEOUT,
-          keep_alive_timeout: int = KEEP_ALIVE_TIMEOUT, api_docs: bool = False,
-          cors_origins: list[str] | None = None) -> None:
+          keep_alive_timeout: int = KEEP_ALIVE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
+          api_docs: bool = False, cors_origins: list[str] | None = None) -> None:
     """Serve a checkpoint over HTTP with LitServe until Ctrl-C or SIGTERM.
 
     POST /predict (multipart field 'image') answers the top 3 classes as JSON; GET / is a web page to
@@ -323,6 +440,8 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
         log_level: Server log level (debug, info, warning, error); info logs every request.
         body_timeout: Seconds an upload may stall before the request is answered 408 and closed.
         keep_alive_timeout: Seconds an idle keep-alive connection stays open.
+        header_timeout: Seconds a request's headers may take to arrive before the client gets 408 and
+            the connection is closed.
         api_docs: Serve the API docs (/docs, /redoc, /openapi.json) and LitServe's /info (off: not public).
         cors_origins: Origins whose pages may call the service from a browser, e.g. https://example.org
             (none: cross-origin requests are not allowed).
@@ -332,9 +451,9 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
     if max_batch_size < 1 or batch_timeout < 0:
         raise UserInputError(f"--max_batch_size must be at least 1 and --batch_timeout at least 0, "
                              f"got {max_batch_size} and {batch_timeout}.")
-    if body_timeout <= 0 or keep_alive_timeout < 1:
-        raise UserInputError(f"--body_timeout must be above 0 and --keep_alive_timeout at least 1, "
-                             f"got {body_timeout} and {keep_alive_timeout}.")
+    if body_timeout <= 0 or header_timeout <= 0 or keep_alive_timeout < 1:
+        raise UserInputError(f"--body_timeout and --header_timeout must be above 0 and --keep_alive_timeout at "
+                             f"least 1, got {body_timeout}, {header_timeout} and {keep_alive_timeout}.")
     server = build_server(ckpt_path, max_batch_size, batch_timeout, tta_flip, accelerator, body_timeout, api_docs,
                           cors_origins)
 
@@ -348,4 +467,4 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
 
     signal.signal(signal.SIGTERM, stop)
     server.run(host=host, port=port, generate_client_file=False, log_level=log_level,
-               timeout_keep_alive=keep_alive_timeout)
+               timeout_keep_alive=keep_alive_timeout, http=protocol_with_header_timeout(header_timeout))

@@ -117,6 +117,23 @@ def wait_until_healthy(server: Server, timeout: float = 120) -> None:
     raise RuntimeError(f"serve not healthy after {timeout} s:\n{server.log.read_text()[-3000:]}")
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the server, its HTTP and inference
+    workers), in MiB, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((Path("/proc") / str(current) / "statm").read_text().split()[1])
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM to the server (LitServe stops its workers), then SIGKILL to its process group if it hangs."""
     if process.poll() is None:

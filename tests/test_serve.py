@@ -29,7 +29,7 @@ from cifar_lightning.cli import main
 from cifar_lightning.predict import predict_images
 
 from conftest import REAL_DATA, REPO, synthetic_images
-from serving import SHIPPED_CKPT, Client, multipart, running_server
+from serving import SHIPPED_CKPT, Client, multipart, running_server, tree_rss_mb
 
 pytest.importorskip("litserve", reason="the [serve] extra is not installed: pip install -e '.[dev]'")
 
@@ -44,12 +44,13 @@ LOAD_REQUESTS, LOAD_CLIENTS = 500, 16
 
 
 BODY_TIMEOUT = 2  # the shared server's --body_timeout: a stalled upload is answered 408 after it
+HEADER_TIMEOUT = 2  # and its --header_timeout: headers unfinished after it are answered 408
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with running_server(SHIPPED_CKPT, tmp_path_factory.mktemp("serve") / "serve.log",
-                        "--body_timeout", str(BODY_TIMEOUT)) as running:
+                        "--body_timeout", str(BODY_TIMEOUT), "--header_timeout", str(HEADER_TIMEOUT)) as running:
         yield running
 
 
@@ -388,3 +389,139 @@ def test_api_docs_and_info_are_not_public_by_default(server):
     cross_origin = client.request("OPTIONS", "/predict", headers={
         "Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"})
     assert cross_origin.status == 405  # no CORS preflight answered: browsers on other sites may not call it
+
+
+def test_unfinished_headers_and_silent_connections_get_408_and_are_closed(server):
+    for opening in (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n", b""):  # headers begun; nothing at all
+        answer, took = raw_exchange(server.port, opening)
+        assert answer.startswith(b"HTTP/1.1 408") and b"headers did not arrive" in answer, answer
+        assert HEADER_TIMEOUT - 0.5 < took < HEADER_TIMEOUT + 3
+    # On a kept-alive connection: one request answered, then a second one's headers begun and left.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        start = time.perf_counter()
+        sock.sendall(b"GET /health HTTP/1.1\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and time.perf_counter() - start < HEADER_TIMEOUT + 3
+    assert Client(server.port).request("GET", "/health").status == 200
+
+
+def large_png(side: int = 6300) -> bytes:
+    """A 38 KB PNG of side x side pixels (40 megapixels, inside the budget): about a second to decode."""
+    return encoded(Image.fromarray(np.zeros((side, side), np.uint8)), "PNG")
+
+
+def test_a_burst_of_costly_images_neither_stalls_others_nor_grows_memory(server, model):
+    """8 clients each send the 35-byte 13,000 x 13,000 GIF and 8 more a 40-megapixel PNG, all at once;
+    a normal request sent meanwhile is answered in under a second, the GIFs get 413 within a second,
+    the PNGs are decoded one at a time (200) or refused at once (503), and memory stays bounded."""
+    from test_decode import gif_bomb
+
+    client = server.client()
+    good, bomb, large = encoded(noise_image(21, (32, 32)), "PNG"), gif_bomb(), large_png()
+    check_top3(client.predict("warm.png", good, "image/png"), model, good)
+    check_top3(client.predict("large.png", large, "image/png"), model, large)  # warm-up
+    before = tree_rss_mb(server.process.pid)
+
+    def send(kind: str):
+        data, name = {"bomb": (bomb, "bomb.gif"), "large": (large, "large.png"), "good": (good, "good.png")}[kind]
+        if kind == "good":
+            time.sleep(0.3)  # while the bursts are in flight
+        started = time.perf_counter()
+        answer = Client(server.port).predict(name, data, "image/png")
+        return kind, answer, time.perf_counter() - started
+
+    peak = [before]
+    stop_sampling = threading.Event()
+
+    def sample():
+        while not stop_sampling.wait(0.05):
+            peak[0] = max(peak[0], tree_rss_mb(server.process.pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(17) as pool:
+            results = list(pool.map(send, ["bomb"] * 8 + ["large"] * 8 + ["good"]))
+    finally:
+        stop_sampling.set()
+        sampler.join()
+    for kind, answer, took in results:
+        if kind == "bomb":
+            assert "40-megapixel limit" in error_of(answer, 413) and took < 1.0
+        elif kind == "large":
+            assert answer.status in (200, 503), answer.body
+            if answer.status == 503:
+                assert "retry" in error_of(answer, 503) and took < 1.0
+        else:
+            check_top3(answer, model, good)
+            assert took < 1.0, f"a normal request took {took:.2f} s during the burst"
+    assert sum(answer.status == 200 for kind, answer, _ in results if kind == "large") >= 1
+    print(f"\nburst: peak memory {peak[0] - before:+.0f} MiB over {before:.0f} MiB; normal request "
+          f"{[took for kind, _, took in results if kind == 'good'][0]:.2f} s; large PNGs: "
+          f"{sorted(answer.status for kind, answer, _ in results if kind == 'large')}")
+    assert peak[0] - before < 200
+
+
+SOAK_SECONDS = 120
+
+
+@pytest.mark.slow
+def test_two_minutes_of_mixed_traffic(server, model, tmp_path):
+    """Good images, junk, bombs, large images, stalled uploads and unfinished headers from 6 clients for
+    two minutes: every good image gets its right classes, every bad input its 4xx, nothing a 500, and
+    the server's memory at the end is within 100 MB of its memory after warm-up."""
+    from test_decode import gif_bomb
+
+    goods = [encoded(noise_image(100 + i, (24 + 8 * i, 32)), fmt) for i, fmt in enumerate(["PNG", "JPEG", "BMP"] * 3)]
+    expected = [check_top3(server.client().predict(f"good{i}.png", data), model, data) for i, data in enumerate(goods)]
+    large, bomb = large_png(), gif_bomb()
+    server.client().predict("large.png", large)  # warm-up: each path once
+    after_warm_up = tree_rss_mb(server.process.pid)
+
+    def good(client, i):
+        answer = client.predict(f"good{i}.png", goods[i % len(goods)])
+        assert answer.status == 200 and answer.json()["predictions"][0]["class"] == expected[i % len(goods)], answer.body
+        return 200
+
+    def raw(data):
+        return int(raw_exchange(server.port, data)[0][9:12] or 0)
+
+    kinds = {
+        "good": good,
+        "junk": lambda client, i: client.predict("junk.jpg", bytes(range(256)) * (i % 7 + 1)).status,
+        "bomb": lambda client, i: client.predict("bomb.gif", bomb).status,
+        "large": lambda client, i: client.predict("large.png", large).status,
+        "not a form": lambda client, i: client.request("POST", "/predict", b"{}", {"Content-Type": "application/json"}).status,
+        "stalled upload": lambda client, i: raw(post_head(100_000) + b"--b\r\n" + bytes(500)),
+        "unfinished headers": lambda client, i: raw(b"POST /predict HTTP/1.1\r\nHost: x\r\n"),
+    }
+    allowed = {"good": {200}, "junk": {400}, "bomb": {413}, "large": {200, 503}, "not a form": {400},
+               "stalled upload": {408}, "unfinished headers": {408}}
+    schedule = ["good"] * 6 + list(kinds)
+    deadline = time.monotonic() + SOAK_SECONDS
+
+    def client_loop(seed: int):
+        client, seen, i = Client(server.port), [], seed
+        while time.monotonic() < deadline:
+            kind = schedule[i % len(schedule)]
+            seen.append((kind, kinds[kind](client, i)))
+            i += 7
+        client.close()
+        return seen
+
+    with ThreadPoolExecutor(6) as pool:
+        seen = [pair for part in pool.map(client_loop, range(6)) for pair in part]
+    time.sleep(1)
+    at_end = tree_rss_mb(server.process.pid)
+    counts = {kind: sum(k == kind for k, _ in seen) for kind in kinds}
+    wrong = [(kind, status) for kind, status in seen if status not in allowed[kind]]
+    print(f"\nsoak: {len(seen)} requests in {SOAK_SECONDS} s ({counts}); memory {after_warm_up:.0f} MiB after "
+          f"warm-up, {at_end:.0f} MiB at the end")
+    assert not wrong, wrong[:10]
+    assert all(counts.values()), counts
+    assert at_end - after_warm_up < 100
