@@ -5,6 +5,7 @@ JPEG at quality 75.
     python benchmarks/corruptions.py --ckpt_path checkpoints/cifar10_cnn.ckpt checkpoints/cifar10_cnn_fast.ckpt
     python benchmarks/corruptions.py --ckpt_path run.ckpt --split holdout --val_size 5000   # choosing a recipe
     python benchmarks/corruptions.py --ckpt_path run.ckpt --sample 2000                     # stratified, faster
+    python benchmarks/corruptions.py --ckpt_path a.ckpt b.ckpt --device cuda               # models on a GPU, TF32 off
 
 ``--split test`` scores the test split (reporting a finished model); ``--split holdout`` scores the
 hold-out a ``fit`` with ``data.val_size`` kept out of training (the images to choose recipes on).
@@ -47,10 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
     parser.add_argument("--cache_dir", default=".cache/cifar_lightning", help="decode cache ('none': no cache)")
     parser.add_argument("--batch_size", type=int, default=500)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the models run (auto: a CUDA GPU where there is one); full precision either way")
     parser.add_argument("--out", default="robustness", help="folder for corruptions.json, .md and .png")
     parser.add_argument("--anchors", default=None, help="published results to list beside ours (a JSON file like "
                         "docs/robustness/robustbench_anchors.json)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA GPU here")
     if args.sample < 0 or args.batch_size < 1:
         parser.error(f"--sample must be at least 0 and --batch_size at least 1, got {args.sample} and {args.batch_size}")
     args.cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
@@ -160,9 +165,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         images, labels, what = evaluation_images(args)
     except UserInputError as error:
         sys.exit(f"error: {error}")
-    models = {Path(path).stem: load_classifier(path) for path in args.ckpt_path}
-    print(f"Scoring {', '.join(models)} on {what}; torch {torch.__version__}, {cpu_name()}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda":  # full precision on the GPU too: no TF32 in convolutions or matrix products
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    models = {Path(path).stem: load_classifier(path).to(device) for path in args.ckpt_path}
+    print(f"Scoring {', '.join(models)} on {what}; torch {torch.__version__}, {where}, float32", flush=True)
     start = time.perf_counter()
     results = score(models, images, labels, args)
     out = Path(args.out)
