@@ -8,6 +8,9 @@ with a few additions.
   on the test set.
 - ``--ckpt_path`` is checked first, so a missing or foreign file is a clear ``CheckpointError``.
 - ``predict`` writes a CSV (``CSVPredictionWriter``) even when the config names no writer.
+- The run's ``config.yaml`` goes into its log folder only: with no logger (``predict``,
+  ``--trainer.logger false``) nothing is written into the working directory, and ``fit`` leaves
+  ``LearningRateMonitor`` out, which refuses to start without a logger.
 - ``calibrate``, ``report``, ``export`` and ``serve`` are plain functions with typed arguments (``auto_cli``);
   ``--help`` lists every subcommand in whole sentences.
 - Data is downloaded and decoded before Lightning creates the run's log folder; messages a user
@@ -35,8 +38,8 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser, auto_cli
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -114,6 +117,16 @@ def program_name() -> str:
     return "python -m cifar_lightning" if name == "__main__.py" else name
 
 
+class SaveConfigToLog(SaveConfigCallback):
+    """Lightning's config saving, into the run's log folder only. With no logger Lightning writes
+    ``config.yaml`` into the working directory instead (its ``log_dir`` falls back to it), where
+    each ``predict`` would overwrite the last one and leave a stray file in a checkout."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.loggers:
+            super().setup(trainer, pl_module, stage)
+
+
 class CIFAR10CLI(LightningCLI):
     def __init__(self, *cli_args: Any, args: Any = None, **kwargs: Any) -> None:
         # The command as typed, to print the resume command after an interruption.
@@ -183,6 +196,8 @@ class CIFAR10CLI(LightningCLI):
         folders = [("checkpoints", cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)]
         folders += [("logs", lg.save_dir) for lg in trainer.loggers if getattr(lg, "save_dir", None)]
         check_writable(folders)
+        if not trainer.loggers:  # --trainer.logger false: no rate to log, and the monitor refuses to start
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
         if self.datamodule.hparams.val_size == 0:
             monitors = sorted({cb.monitor for cb in trainer.callbacks if getattr(cb, "monitor", None)})
             if any(monitor.startswith("val/") for monitor in monitors):
@@ -322,6 +337,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
     return CIFAR10CLI(
         CIFAR10Classifier,
         CIFAR10DataModule,
+        save_config_callback=SaveConfigToLog,
         save_config_kwargs={"overwrite": True},
         # Always added, whatever the config.
         trainer_defaults={"callbacks": [RNGStateCheckpoint(), TemperatureScaling()]},

@@ -80,6 +80,17 @@ def test_test_and_predict_load_the_checkpoint(fitted_run):
     assert len(rows) == 1 + 50 and rows[0].startswith("image,predicted,probability")
     assert "Wrote 50 predictions to " in predicted.stdout and "Accuracy on the 50 images" in predicted.stdout
     assert sorted((tmp_path / "lightning_logs" / "base").iterdir()) == versions  # predict logs nothing
+    assert not (tmp_path / "config.yaml").exists()  # and, with no logger, saves no config into the working directory
+
+
+def test_fit_without_a_logger_trains_and_writes_nothing_into_the_working_directory(tmp_path):
+    """``--trainer.logger false``: base.yaml's LearningRateMonitor, which refuses to start without a
+    logger, is left out, and no config.yaml lands in the working directory."""
+    data_dir = write_image_folder(tmp_path / "data", n_train=10, n_test=2)
+    result = run_process("fit", "--config", BASE, *tiny_overrides(data_dir, tmp_path), "--trainer.max_epochs", "1",
+                         "--trainer.logger", "false", cwd=tmp_path)
+    assert "Test accuracy of the best checkpoint" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "checkpoints", "data"]
 
 
 def test_print_config_and_help_work_without_data(tmp_path):
