@@ -56,17 +56,19 @@ def download_if_missing(data_dir: Path) -> None:
     """torchvision's download into ``data_dir`` where neither layout is there.
 
     A failed download (offline, say) is one clear ``DataSourceError``, and whatever the attempt
-    created (the folder itself, a partial archive) is removed, so the next run sees what it saw before.
+    created (the folder itself and any parents it needed, a partial archive) is removed, so the next
+    run sees what it saw before.
     """
     if (data_dir / TORCHVISION_FOLDER).exists() or (data_dir / "train").exists() or (data_dir / "test").exists():
         return  # present, or half present: reading it names what is missing rather than downloading beside it
+    missing = [path for path in (data_dir, *data_dir.parents) if not path.exists()]  # innermost first
     existed = set(data_dir.iterdir()) if data_dir.is_dir() else None
     try:
         for train in (True, False):
             CIFAR10(str(data_dir), train=train, download=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad MD5 is a RuntimeError
-        if existed is None:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        if missing:  # torchvision creates the parents too: remove from the outermost one it created
+            shutil.rmtree(missing[-1], ignore_errors=True)
         elif data_dir.is_dir():
             for path in set(data_dir.iterdir()) - existed:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

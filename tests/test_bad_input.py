@@ -193,10 +193,10 @@ def test_bad_input_in_a_real_process_is_one_line_and_status_2(tmp_path: Path) ->
     assert f"error: The data folder {tmp_path / 'nowhere'} does not exist." in err
 
 
-@pytest.mark.parametrize("existed", [False, True])
+@pytest.mark.parametrize("existed", ["no", "yes", "nor_its_parent"])
 def test_offline_download_is_one_clear_error_and_leaves_nothing_behind(tmp_path, existed):
-    data_dir = tmp_path / "data"
-    if existed:
+    data_dir = tmp_path / "data" if existed != "nor_its_parent" else tmp_path / "nodata" / "cifar10"
+    if existed == "yes":
         data_dir.mkdir()
         (data_dir / "notes.txt").write_text("mine")
     dm = CIFAR10DataModule(str(data_dir), cache_dir=None)
@@ -205,10 +205,11 @@ def test_offline_download_is_one_clear_error_and_leaves_nothing_behind(tmp_path,
     message = str(error.value)
     assert message.startswith(f"Could not download CIFAR-10 into {data_dir} (NetworkDisabled:")
     assert "\n" not in message and "--data.data_dir" in message
-    if existed:
+    if existed == "yes":
         assert [p.name for p in data_dir.iterdir()] == ["notes.txt"]
     else:
         assert not data_dir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["data"] if existed == "yes" else [])  # no parent left
 
 
 def test_predict_folder_errors(tmp_path):
