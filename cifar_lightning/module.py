@@ -26,7 +26,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 class CIFAR10Classifier(L.LightningModule):
     """Trains and evaluates ``KerasCIFAR10CNN``: cross-entropy, accuracy, calibration error, NAdam (the
-    original's) or SGD, with an optional one-cycle schedule (``configs/fast.yaml``).
+    original's) or SGD, with an optional one-cycle schedule (``configs/fast.yaml``: NAdam, one-cycle).
 
     Input scaling, normalisation and the temperature live here and are saved with the
     hyperparameters, so a checkpoint takes raw uint8 images (or floats in [0, 1]) and gives the same
@@ -36,7 +36,7 @@ class CIFAR10Classifier(L.LightningModule):
     Args:
         class_names: Names of the output classes, in label order.
         lr: Learning rate; with ``lr_schedule='onecycle'`` the peak (the original: NAdam at 0.0025).
-        optimizer: ``nadam`` (the original) or ``sgd`` (with Nesterov momentum, used by ``configs/fast.yaml``).
+        optimizer: ``nadam`` (the original's, and ``configs/fast.yaml``'s) or ``sgd`` (with Nesterov momentum).
         momentum: SGD momentum (one-cycle cycles it between 0.85 and 0.95 instead).
         betas: NAdam betas (Keras: 0.9, 0.999).
         eps: NAdam epsilon (Keras: 1e-7; PyTorch's default is 1e-8).

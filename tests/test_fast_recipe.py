@@ -108,8 +108,8 @@ def test_tta_flip_from_the_command_line_applies_to_a_checkpoint_trained_without_
 
 
 def test_fast_config_builds_the_original_network_with_the_fast_recipe(tmp_path, monkeypatch):
-    """Issue 12: the same 420,842 parameters, at most 30 epochs on all 50,000 images, no checkpoint
-    chosen by a score, Lightning's own weight averaging and PyTorch's schedule."""
+    """The same 420,842 parameters, at most 30 epochs on all 50,000 images, no checkpoint chosen by a
+    score, Lightning's own weight averaging and PyTorch's schedule."""
     cli = run_in_process(monkeypatch, "--config", FAST, "--data.data_dir", str(tmp_path), run=False)
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
     trainable = sum(p.numel() for p in model.net.parameters())
@@ -157,8 +157,8 @@ class RecordWeights(L.Callback):
 
 
 def test_lightnings_ema_callback_leaves_the_moving_average_of_the_weights_in_our_model(image_folder):
-    """The 30-epoch recipe (issue 12) will average weights with Lightning's own callback: check it works on
-    this module (all parameters averaged, from the step asked for) before a recipe relies on it."""
+    """The 30-epoch recipe averages weights with Lightning's own callback: check it works on this
+    module (all parameters averaged, from the step asked for)."""
     data = CIFAR10DataModule(str(image_folder), val_size=50, batch_size=25, cache_dir=None)
     record, ema = RecordWeights(), EMAWeightAveraging(decay=0.5, update_starting_at_step=2)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -1,5 +1,5 @@
 """``eval_jpeg_quality``: the validation and test images re-encoded the way a user's JPEG thumbnails
-arrive (issue 12's robustness row), and nothing else touched."""
+arrive (the robustness check of docs/results.md), and nothing else touched."""
 
 from __future__ import annotations
 

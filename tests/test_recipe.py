@@ -1,4 +1,4 @@
-"""``configs/base.yaml`` is the original notebook's recipe (../shared/original/RECIPE.md), setting by
+"""``configs/base.yaml`` is the original notebook's recipe (docs/original/RECIPE.md), setting by
 setting: each test names the RECIPE.md line it pins."""
 
 import pickle
