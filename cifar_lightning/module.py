@@ -51,8 +51,8 @@ class CIFAR10Classifier(L.LightningModule):
         mean: Per-channel mean subtracted from images in [0, 1] (the original: none, inputs stay in
             [0, 1]; ``CIFAR10_MEAN`` and ``CIFAR10_STD`` standardise them, as ``configs/fast.yaml`` does).
         std: Per-channel std dividing images in [0, 1] (the original: 1).
-        channels_last: NHWC memory layout for the network and its inputs; measured here
-            (2-core CPU, batch 64) 455 vs 380 training images/s, and faster on GPUs with tensor cores.
+        channels_last: NHWC memory layout for the network and its inputs; measured on a
+            2-core CPU (batch 64): 455 vs 380 training images/s, and faster on GPUs with tensor cores.
         lr_schedule: ``constant`` (the original) or ``onecycle``: PyTorch's ``OneCycleLR`` stepped every
             batch, warming up over ``warmup_fraction`` of all steps and annealing to ~0 at the last one.
         warmup_fraction: Share of the training steps spent warming up (one-cycle only).
@@ -64,7 +64,7 @@ class CIFAR10Classifier(L.LightningModule):
             it on the hold-out at its end and ``calibrate`` on a given one; 1.0 leaves the
             probabilities as trained (checkpoints without one load with 1.0).
         compile: ``torch.compile`` the network when training starts (worth it on a GPU for long
-            runs; on this 2-core CPU it costs ~30 s and gained nothing measurable).
+            runs; on a 2-core CPU it cost ~30 s and gained nothing measurable).
     """
 
     def __init__(
