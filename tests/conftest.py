@@ -6,6 +6,7 @@ few epochs: tests that need a *trained* checkpoint can check real predictions.
 
 from __future__ import annotations
 
+import os
 import pickle
 import urllib.error
 import urllib.request
@@ -29,7 +30,8 @@ from cifar_lightning.sources import CIFAR10_CLASSES
 from cifar_lightning.figures import TensorBoardFigures
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "cifar10"
+# The real CIFAR-10 image folders: $CIFAR10_DIR (as benchmarks/gpu_check.sh reads it), else where CI puts them.
+REAL_DATA = Path(os.environ.get("CIFAR10_DIR") or REPO.parent / "shared" / "cifar10")
 
 # Ten well separated colours, one per class.
 CLASS_COLOURS = np.array(
@@ -49,7 +51,7 @@ def synthetic_images(n_per_class: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def write_image_folder(root: Path, n_train: int = 20, n_test: int = 5, seed: int = 0) -> Path:
-    """``root/train/<class>/*.png`` and ``root/test/<class>/*.png`` like ../shared/cifar10."""
+    """``root/train/<class>/*.png`` and ``root/test/<class>/*.png``, like the real image folders."""
     for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
         images, labels = synthetic_images(n, seed + offset)
         for i, (image, label) in enumerate(zip(images, labels)):
@@ -98,7 +100,7 @@ def decode_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "train").is_dir():
-        pytest.skip(f"real CIFAR-10 image folders not found at {REAL_DATA} (see README: Data)")
+        pytest.skip(f"real CIFAR-10 image folders not found at {REAL_DATA} (set CIFAR10_DIR; docs/development.md)")
     return REAL_DATA
 
 

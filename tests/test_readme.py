@@ -1,14 +1,26 @@
-"""Every shell command in README.md runs as written on a fresh clone, so the README cannot rot.
+"""README.md as a newcomer runs it: a fresh clone, the README's commands in order, nothing left behind.
 
-The commands run in order, in one scratch copy of what a clone holds (configs, the shipped
-checkpoint, docs, benchmarks) with ``../shared`` beside it, so that they write nowhere in this
-checkout. Each gets only small overrides that keep it short (``--trainer.limit_*``, a benchmark's
-quick mode); ``serve`` is started, asked for its health route and stopped.
+The clone is ``git clone`` of this repository into a temporary folder, at this checkout's HEAD, so
+it holds only committed files. Its ``data/`` holds links to the real CIFAR-10 image folders
+(``CIFAR10_DIR``, which CI provides; the tests skip without them), so the commands find their data
+where the README says and download nothing. Every line of the README's ``bash`` blocks either runs,
+literally as printed, in the clone, or is one a test cannot run (installs, the test suite,
+TensorBoard: ``NOT_RUN``). Only the commands that train or score the whole data set get small
+limits appended (``SHORT``: one epoch of two batches for ``fit``, two test batches for ``test``,
+eight prediction pictures for ``report``), and ``serve`` a free port and the CPU, so its answer
+compares with the README's to float32 rounding; none of them changes where a command writes.
+``serve`` is sent the README's ``curl`` request, and must answer what the README prints; the
+README's Python example runs as written and must print what its closing comments show. Last,
+``git status --porcelain`` in the clone must be empty: nothing tracked changed, nothing untracked
+left.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,89 +28,170 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import REPO, subprocess_env
-from serving import Server, free_port, stop, wait_until_healthy
+from conftest import REAL_DATA, REPO
+from serving import Client, Server, free_port, stop, wait_until_healthy
 
-RUN = ("python -m cifar_lightning ", "python benchmarks/", "bash benchmarks/")
-# Shown in the README but not run here: installs, the test suite itself, external tools.
-NOT_RUN = ("pip ", "python -m venv", "python -m pytest", "tensorboard ", "$ curl")
+README = REPO / "README.md"
+RUN = "python -m cifar_lightning "
+# Shown in the README but not run here: installs, the test suite itself, TensorBoard's server.
+NOT_RUN = ("python -m venv ", "pip ", "python -m pytest", "tensorboard ")
 SHORT = {
     "fit": ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
             "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false"],
     "validate": ["--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false"],
     "test": ["--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false"],
-    "predict": ["--trainer.limit_predict_batches", "2", "--trainer.enable_progress_bar", "false"],
+    "predict": ["--trainer.enable_progress_bar", "false"],
+    "calibrate": [],
     "report": ["--num_predictions", "8"],
     "export": [],
-    "serve": [],
-    "benchmarks/throughput.py": ["--steps", "2", "--repeats", "1", "--predict_batches", "1"],
-    "benchmarks/onnx_throughput.py": ["--synthetic", "--repeats", "1"],
-    "benchmarks/gpu_check.sh": ["--quick"],
+    "serve": ["--accelerator", "cpu"],  # and --port, a free one
 }
+SERVE_DEFAULT_PORT = "8000"
+CURL = re.compile(r"^\$ curl -F image=@(\S+) http://127\.0\.0\.1:(\d+)/predict$")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def fenced_blocks(language: str) -> list[list[str]]:
+    """The lines of each of the README's fenced blocks in ``language``, in order."""
+    blocks, current = [], None
+    for line in README.read_text().splitlines():
+        if current is None and line.strip() == f"```{language}":
+            current = []
+        elif current is not None and line.strip() == "```":
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def shell_lines() -> list[str]:
+    """Every command line of the README's ``bash`` blocks: continuations joined, comments dropped."""
+    lines, pending = [], ""
+    for block in fenced_blocks("bash"):
+        for line in block:
+            line, pending = pending + line.strip(), ""
+            if line.endswith("\\"):
+                pending = line[:-1] + " "
+                continue
+            line = re.sub(r"\s+#.*$", "", line)
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
 
 
 def readme_commands() -> list[str]:
-    """Shell lines of the README's code blocks (indented or fenced) that run this project."""
-    commands, fenced = [], False
-    for line in (REPO / "README.md").read_text().splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-            continue
-        text = line.strip() if (fenced or line.startswith("    ")) else ""
-        if text.startswith(RUN) and not text.startswith(NOT_RUN):
-            commands.append(re.sub(r"\s+#.*$", "", text))
-    return commands
+    return [line for line in shell_lines() if line.startswith(RUN)]
 
 
 def kind(command: str) -> str:
-    words = command.split()
-    return words[3] if words[:3] == ["python", "-m", "cifar_lightning"] else words[1]
+    return command.split()[3]
+
+
+def curl_example() -> tuple[str, str, str]:
+    """(file, port, the answer printed) of the README's ``$ curl`` example."""
+    for block in fenced_blocks("console"):
+        for i, line in enumerate(block):
+            if match := CURL.match(line.strip()):
+                return match.group(1), match.group(2), block[i + 1].strip()
+    raise AssertionError("the README shows no `$ curl -F image=@FILE http://127.0.0.1:PORT/predict` example")
+
+
+def clone_env(clone: Path) -> dict[str, str]:
+    # The clone's package, not this checkout's or an installed copy: what a user of the clone runs.
+    return {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}
+
+
+def git(*args: str, cwd: Path) -> str:
+    # safe.directory: CI may check the repository out as another user than the one running the tests.
+    result = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"git {' '.join(args)}\n{result.stderr}"
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
-def clone(tmp_path_factory: pytest.TempPathFactory, decode_cache: Path) -> Path:
-    """What a fresh clone holds, beside a link to ``../shared``, sharing the session's decode cache."""
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh clone at this checkout's HEAD, with the real image folders linked into its ``data/``."""
+    if not (REAL_DATA / "train").is_dir() or not (REAL_DATA / "test").is_dir():
+        pytest.skip(f"real CIFAR-10 image folders not found at {REAL_DATA} (set CIFAR10_DIR)")
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs git and a git checkout of the repository to clone")
     root = tmp_path_factory.mktemp("readme")
     repo = root / "repo"
-    repo.mkdir()
-    for folder in ("configs", "docs", "benchmarks"):
-        shutil.copytree(REPO / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "checkpoints").mkdir()
-    for shipped in (REPO / "checkpoints").glob("*.ckpt"):
-        shutil.copy(shipped, repo / "checkpoints")
-    (repo / ".cache").mkdir()
-    (repo / ".cache" / "cifar_lightning").symlink_to(decode_cache)
-    (root / "shared").symlink_to(REPO.parent / "shared")
+    head = git("rev-parse", "HEAD", cwd=REPO).strip()
+    git("clone", "--quiet", "--no-checkout", str(REPO), str(repo), cwd=root)
+    git("checkout", "--quiet", head, cwd=repo)
+    (repo / "data").mkdir()  # a folder, as a user's download makes it: git ignores data/
+    for split in ("train", "test"):
+        (repo / "data" / split).symlink_to(REAL_DATA / split, target_is_directory=True)
     return repo
 
 
-def serve_answers_health(args: list[str], cwd: Path) -> None:
-    """Start the README's ``serve`` on a free port, wait for LitServe's health route, stop it."""
-    port = free_port()
-    args = [str(port) if previous == "--port" else arg for previous, arg in zip(["", *args], args)]
-    log = cwd / "serve.log"
+def test_every_readme_command_runs_here_or_is_an_install():
+    """No command of the README is silently skipped, and the newcomer's commands are all there."""
+    for line in shell_lines():
+        assert line.startswith(RUN) or line.startswith(NOT_RUN), f"README command neither run nor known: {line}"
+        if line.startswith(RUN):
+            assert kind(line) in SHORT, f"no SHORT entry for {kind(line)}: {line}"
+    assert {"fit", "test", "predict", "report", "export", "serve"} <= {kind(c) for c in readme_commands()}
+
+
+def serve_answers_the_readme_curl(args: list[str], clone: Path) -> None:
+    """Start the README's ``serve`` on a free port, send it the README's curl request, compare, stop."""
+    filename, readme_port, printed = curl_example()
+    given = args[args.index("--port") + 1] if "--port" in args else SERVE_DEFAULT_PORT
+    assert readme_port == given, f"the curl example asks port {readme_port}, the serve command listens on {given}"
+    port = str(free_port())
+    args = [port if previous == "--port" else arg for previous, arg in zip(["", *args], args)]
+    if "--port" not in args:
+        args += ["--port", port]
+    log = clone.parent / "serve.log"  # outside the clone, which must stay as cloned
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, *args[1:]], cwd=cwd, env=subprocess_env(), stdout=out,
+        process = subprocess.Popen([sys.executable, *args[1:]], cwd=clone, env=clone_env(clone), stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_until_healthy(Server(port, process, log))
+        server = Server(int(port), process, log)
+        wait_until_healthy(server)
+        answer = Client(int(port)).predict(Path(filename).name, (clone / filename).read_bytes(), "image/png")
     finally:
         stop(process)
-
-
-def test_the_readme_shows_the_commands_a_newcomer_needs():
-    kinds = {kind(command) for command in readme_commands()}
-    assert {"fit", "test", "predict", "report", "export", "serve", "benchmarks/throughput.py"} <= kinds
+    assert answer.status == 200, answer.body
+    body = answer.body.decode()
+    # The same JSON, written the same way (compact, full floats), numbers equal to float32 rounding.
+    assert NUMBER.sub("N", body) == NUMBER.sub("N", printed), f"the service answered\n{body}\nthe README shows\n{printed}"
+    got, shown = [float(x) for x in NUMBER.findall(body)], [float(x) for x in NUMBER.findall(printed)]
+    assert got == pytest.approx(shown, abs=1e-5), f"the service answered\n{body}\nthe README shows\n{printed}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs_as_written(command: str, clone: Path, real_data: Path):
-    args = command.split() + SHORT[kind(command)]
+def test_readme_command_runs_as_written(command: str, clone: Path):
+    args = shlex.split(command) + SHORT[kind(command)]
     if kind(command) == "serve":
-        return serve_answers_health(args, clone)
-    args = [sys.executable if arg == "python" and i == 0 else arg for i, arg in enumerate(args)]
-    result = subprocess.run(args, cwd=clone, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+        return serve_answers_the_readme_curl(args, clone)
+    result = subprocess.run([sys.executable, *args[1:]], cwd=clone, env=clone_env(clone), capture_output=True,
+                            text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{output[-4000:]}"
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(fenced_blocks("python"))))
+def test_readme_python_runs_as_written_and_prints_what_it_shows(index: int, clone: Path):
+    """Each Python block runs in the clone; the ``# ...`` lines that close it are what it prints."""
+    block = fenced_blocks("python")[index]
+    shown = []
+    while block and block[-1].startswith("# "):
+        shown.insert(0, block.pop()[2:])
+    result = subprocess.run([sys.executable, "-c", "\n".join(block)], cwd=clone, env=clone_env(clone),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    if shown:
+        assert result.stdout.splitlines() == shown
+
+
+@pytest.mark.slow
+def test_the_readme_leaves_the_clone_as_it_was_cloned(clone: Path):
+    """Run after the commands above: they wrote only into folders git ignores."""
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=clone) == ""
