@@ -6,10 +6,10 @@
 #      val/acc per epoch, read back from its TensorBoard log.
 #
 # Usage: bash benchmarks/gpu_check.sh [--quick] [--data_dir DIR] [--out DIR] [--max_time DD:HH:MM:SS]
-#   --data_dir  CIFAR-10 in either layout (default: $CIFAR10_DIR, else ../shared/cifar10 beside the
-#               repository). Where it holds no CIFAR-10 (a device machine, say, which ../shared does
-#               not reach), the GPU run uses CIFAR-sized random images instead and says so: every
-#               timing holds, val/acc is chance.
+#   --data_dir  CIFAR-10 in either layout (default: $CIFAR10_DIR, else data/ in the repository, where
+#               fit downloads it). Where it holds no CIFAR-10 (a GPU machine without the data, say),
+#               the GPU run uses CIFAR-sized random images instead and says so: every timing holds,
+#               val/acc is chance.
 #   --out       folder for logs, checkpoints and TensorBoard runs (default: a new temporary folder);
 #               nothing is written into the repository's checkpoints/ or lightning_logs/.
 #   --quick     a CPU run in well under a minute: tiny synthetic data, two-batch epochs. The test
@@ -22,7 +22,7 @@ set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 QUICK=0
-DATA="${CIFAR10_DIR:-$REPO/../shared/cifar10}"
+DATA="${CIFAR10_DIR:-$REPO/data}"
 OUT=""
 MAX_TIME="00:00:04:00"
 

@@ -18,6 +18,7 @@ torch fp32. Every engine uses --threads threads.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", default=str(REPO / "checkpoints" / "cifar10_cnn.ckpt"))
-    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "cifar10"))
+    parser.add_argument("--data_dir", default=os.environ.get("CIFAR10_DIR", str(REPO / "data")))
     parser.add_argument("--synthetic", action="store_true", help="10,000 random uint8 images instead of the test split")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -1,6 +1,6 @@
 """Training and inference throughput in fp32 and bf16, side by side in one process (images per second).
 
-    python benchmarks/throughput.py                      # real data when ../shared/cifar10 exists
+    python benchmarks/throughput.py                      # real data when data/ (or $CIFAR10_DIR) holds it
     python benchmarks/throughput.py --data_dir DIR       # any folder the DataModule reads
     python benchmarks/throughput.py --synthetic          # generated images, no data needed
     python benchmarks/throughput.py --device cuda        # on the GPU (auto: the GPU when there is one)
@@ -56,7 +56,7 @@ from cifar_lightning.precision import auto_precision, cpu_name
 from cifar_lightning.sources import find_layout
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "cifar10"
+DEFAULT_DATA = Path(os.environ.get("CIFAR10_DIR", REPO / "data"))
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
