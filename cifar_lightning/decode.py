@@ -136,12 +136,12 @@ def open_image(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIX
     return image
 
 
-def decode_cost(data: bytes, max_pixels: int = MAX_PIXELS) -> int:
-    """How many pixels ``decode_image_bytes`` would decode, from the header alone (microseconds): a
-    service uses it to keep costly decodes apart. Raises as ``open_header`` does."""
-    with open_header(io.BytesIO(data), max_pixels) as image:
-        width, height = image.size
-        return width * height
+def load_tensor(image: Image.Image) -> Tensor:
+    """An image from ``open_header`` -> uint8 (3, 32, 32), decoding it and closing it: a service
+    opens the header first, to price the decode (``image.size``), and decodes only then."""
+    with image:
+        image.load()
+        return image_to_tensor(image)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Tensor:

@@ -41,7 +41,6 @@ from importlib import resources
 from typing import Any, Literal
 
 import torch
-from PIL import Image
 
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.header_timeout import protocol_with_header_timeout
@@ -58,7 +57,8 @@ except ImportError as missing:  # a training-only install
                          "pip install -e '.[serve]' (or '.[dev]').") from None
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.decode import DECODE_ERRORS, ImageTooLarge, decode_cost, decode_image_bytes
+from cifar_lightning.decode import (DECODE_ERRORS, IMAGE_SIZE, ImageTooLarge, decode_image_bytes, load_tensor,
+                                    open_header)
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
 BODY_TIMEOUT = 15.0  # seconds a request body may stall before the request is answered 408
@@ -67,8 +67,11 @@ HEADER_TIMEOUT = 10.0  # seconds a request's headers may take (header_timeout.py
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/info")
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers around it
 FIELD = "image"
-SMALL_DECODE_PIXELS = 4_000_000  # decodes up to this size run at once (tens of milliseconds each)
+INLINE_DECODE_PIXELS = 512 * 512  # decodes up to this size run on the event loop itself (about a millisecond)
+SMALL_DECODE_PIXELS = 4_000_000  # decodes up to this size run at once, in threads (tens of milliseconds each)
 RETRY_AFTER_SECONDS = 5  # the Retry-After of a 503
+PIXELS_TYPE = "application/x-cifar-lightning-pixels"  # UploadLimit's hand-off: uint8 (3, 32, 32), raw
+PIXELS_BYTES = 3 * 32 * 32
 TOP_K = 3
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 
@@ -150,19 +153,24 @@ def decode_upload(parts: list) -> torch.Tensor | Rejected:
         return decoding_error(name, error)
 
 
-def png_bytes(image: torch.Tensor) -> bytes:
-    """uint8 (3, H, W) -> a lossless PNG file, which ``decode_image_bytes`` reads back unchanged."""
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def pixels_from_upload(upload: Any) -> torch.Tensor | Rejected:
+    """``UploadLimit``'s hand-off (``PIXELS_TYPE``) -> uint8 (3, 32, 32)."""
+    upload.file.seek(0)
+    data = upload.file.read(PIXELS_BYTES + 1)
+    if len(data) != PIXELS_BYTES:
+        return Rejected(400, f"The decoded image has {len(data)} bytes, not {PIXELS_BYTES}.")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(3, IMAGE_SIZE, IMAGE_SIZE)
 
 
 class DecodeGate:
     """Uploads decoded in threads of the HTTP process, off its event loop and off the worker that
-    batches and predicts, with the cost of each known from its header first (``decode_cost``):
+    batches and predicts, each priced from its header first (``open_header``: the pixels it will
+    decode, after JPEG's reduced decode):
 
-    - up to ``SMALL_DECODE_PIXELS`` (any photo after JPEG's reduced decode): decoded at once, in
-      parallel;
+    - up to ``INLINE_DECODE_PIXELS`` (thumbnails, CIFAR-sized images): decoded at once on the event
+      loop, since handing a millisecond's work to a thread costs more than it saves;
+    - up to ``SMALL_DECODE_PIXELS`` (any photo, since a large JPEG decodes at a reduced scale):
+      decoded at once, in parallel threads;
     - larger ones (a big PNG, GIF or TIFF, up to the ``MAX_PIXELS`` budget): ``large_at_once`` at a
       time, ``large_waiting`` more queued, any beyond answered 503 with Retry-After, so a burst of
       them bounds memory and never delays the small ones.
@@ -175,25 +183,29 @@ class DecodeGate:
 
     async def decode(self, name: str, data: bytes) -> torch.Tensor | Rejected:
         try:
-            cost = decode_cost(data)
+            image = open_header(io.BytesIO(data))
         except DECODE_ERRORS as error:
             return decoding_error(name, error)
+        cost = image.size[0] * image.size[1]
+        if cost <= INLINE_DECODE_PIXELS:  # a millisecond or two: a thread would cost more (the GIL hand-over)
+            return self.finish(name, image)
         if cost <= SMALL_DECODE_PIXELS:
-            return await asyncio.to_thread(self.decode_now, name, data)
+            return await asyncio.to_thread(self.finish, name, image)
         if self.large_in_flight >= self.capacity:
+            image.close()
             return Rejected(503, f"{name} is a large image ({cost / 1e6:.0f} megapixels) and the server is "
                                  "decoding others: retry in a few seconds, or send it smaller.")
         self.large_in_flight += 1
         try:
             async with self.large:
-                return await asyncio.to_thread(self.decode_now, name, data)
+                return await asyncio.to_thread(self.finish, name, image)
         finally:
             self.large_in_flight -= 1
 
     @staticmethod
-    def decode_now(name: str, data: bytes) -> torch.Tensor | Rejected:
+    def finish(name: str, image: Any) -> torch.Tensor | Rejected:
         try:
-            return decode_image_bytes(data)
+            return load_tensor(image)
         except DECODE_ERRORS as error:
             return decoding_error(name, error)
 
@@ -226,10 +238,13 @@ class ClassifierAPI(ls.LitAPI):
 
     def decode_request(self, request):  # unannotated: LitServe then passes the parsed form (a Request's)
         # Never raise here: with batching, LitServe fails every request of the batch on one exception.
-        # UploadLimit has decoded the upload already and handed on a 32x32 PNG of it: decoded here
-        # in microseconds, so no upload's decoding delays a batch.
+        # UploadLimit has decoded the upload already and handed on its 32x32 pixels, so no upload's
+        # decoding delays a batch; a form that did not pass through it is decoded here.
         parts = request.getlist(FIELD) if hasattr(request, "getlist") else [request.get(FIELD)]
-        return decode_upload([part for part in parts if part is not None])
+        parts = [part for part in parts if part is not None]
+        if len(parts) == 1 and getattr(parts[0], "content_type", None) == PIXELS_TYPE:
+            return pixels_from_upload(parts[0])
+        return decode_upload(parts)
 
     def batch(self, inputs: list) -> list:
         return inputs  # predict stacks the images and leaves the rejected ones out
@@ -262,7 +277,7 @@ class UploadLimit:
     that is not a multipart form, all as ``{"error": ...}`` and before anything is parsed (LitServe
     would answer a non-form body with a 500). The body is read here, at most ``max_bytes`` of it; the
     image in it is decoded here (``DecodeGate``), a bad one answered at once, a good one handed on
-    as a 32x32 PNG, so LitServe's worker never pays for a costly decode."""
+    as its 32x32 pixels, so LitServe's worker never pays for a costly decode."""
 
     def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES, path: str = "/predict",
                  body_timeout: float = BODY_TIMEOUT):
@@ -338,11 +353,13 @@ class UploadLimit:
 
     @staticmethod
     def small_form(image: torch.Tensor) -> tuple[bytes, bytes]:
-        """The decoded image as a form with one field, ``image``: a 32x32 PNG. Returns (body, content type)."""
+        """The decoded image as a form with one field, ``image``: its uint8 (3, 32, 32) pixels as
+        ``PIXELS_TYPE``. Returns (body, content type)."""
         boundary = b"cifar-lightning-" + secrets.token_hex(12).encode()
         body = (b"--" + boundary + b"\r\n"
-                + f'Content-Disposition: form-data; name="{FIELD}"; filename="{FIELD}.png"\r\n'.encode()
-                + b"Content-Type: image/png\r\n\r\n" + png_bytes(image) + b"\r\n--" + boundary + b"--\r\n")
+                + f'Content-Disposition: form-data; name="{FIELD}"; filename="{FIELD}.u8"\r\n'.encode()
+                + f"Content-Type: {PIXELS_TYPE}\r\n\r\n".encode() + image.contiguous().numpy().tobytes()
+                + b"\r\n--" + boundary + b"--\r\n")
         return body, b"multipart/form-data; boundary=" + boundary
 
     @staticmethod
