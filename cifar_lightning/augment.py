@@ -123,6 +123,17 @@ class BatchRandomCrop(nn.Module):
         return f"padding={self.padding}, horizontal_flip={self.horizontal_flip}"
 
 
+def per_image_strength(x: Tensor, p: float, low: float, high: float, untouched: float,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """One strength per image of the batch ``x``, shaped (B, 1, 1, 1) in its dtype: uniform in [low,
+    high] for a share ``p`` of the images, ``untouched`` (the value that leaves an image as it is) for
+    the rest. The photometric augmentations below draw their strengths with it."""
+    b = x.shape[0]
+    strength = low + torch.rand(b, device=x.device, generator=generator) * (high - low)
+    strength = torch.where(torch.rand(b, device=x.device, generator=generator) < p, strength, untouched)
+    return strength.view(b, 1, 1, 1).to(x.dtype)
+
+
 class BatchGaussianNoise(nn.Module):
     """Additive Gaussian noise on a share of the images, each with its own strength, then clipped to [0, 1].
 
@@ -144,11 +155,9 @@ class BatchGaussianNoise(nn.Module):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = to_unit_float(images)
-        b = x.shape[0]
-        sigma = torch.rand(b, device=x.device, generator=generator) * self.max_sigma
-        sigma = torch.where(torch.rand(b, device=x.device, generator=generator) < self.p, sigma, 0.0)
+        sigma = per_image_strength(x, self.p, 0.0, self.max_sigma, untouched=0.0, generator=generator)
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        return (x + noise * sigma.view(b, 1, 1, 1).to(x.dtype)).clamp_(0, 1)
+        return (x + noise * sigma).clamp_(0, 1)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, max_sigma={self.max_sigma}"
@@ -176,10 +185,7 @@ class BatchRandomContrast(nn.Module):
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = to_unit_float(images)
-        b = x.shape[0]
-        factor = self.min_factor + torch.rand(b, device=x.device, generator=generator) * (1 - self.min_factor)
-        factor = torch.where(torch.rand(b, device=x.device, generator=generator) < self.p, factor, 1.0)
-        factor = factor.view(b, 1, 1, 1).to(x.dtype)
+        factor = per_image_strength(x, self.p, self.min_factor, 1.0, untouched=1.0, generator=generator)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return (mean + (x - mean) * factor).clamp_(0, 1)
 
