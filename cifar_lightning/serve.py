@@ -138,12 +138,15 @@ def decoding_error(name: str, error: Exception) -> Rejected:
     return Rejected(400, f"{name} is not an image Pillow can read ({type(error).__name__}).")
 
 
+def upload_bytes(parts: list) -> tuple[str, bytes] | Rejected:
+    """The form's ``image`` parts -> (the file's sanitised name, its bytes), or why not."""
+    upload = pick_upload(parts)
+    return upload if isinstance(upload, Rejected) else read_upload(upload)
+
+
 def decode_upload(parts: list) -> torch.Tensor | Rejected:
     """The form's ``image`` parts -> uint8 (3, 32, 32) as ``predict`` makes it from a file, or why not."""
-    upload = pick_upload(parts)
-    if isinstance(upload, Rejected):
-        return upload
-    read = read_upload(upload)
+    read = upload_bytes(parts)
     if isinstance(read, Rejected):
         return read
     name, data = read
@@ -343,13 +346,8 @@ class UploadLimit:
         await self.app(dict(scope, headers=headers), self.replay(body, receive), send)
 
     async def decode_form(self, form: Any) -> torch.Tensor | Rejected:
-        upload = pick_upload(form.getlist(FIELD))
-        if isinstance(upload, Rejected):
-            return upload
-        read = read_upload(upload)
-        if isinstance(read, Rejected):
-            return read
-        return await self.gate.decode(*read)
+        read = upload_bytes(form.getlist(FIELD))
+        return read if isinstance(read, Rejected) else await self.gate.decode(*read)
 
     @staticmethod
     def small_form(image: torch.Tensor) -> tuple[bytes, bytes]:
