@@ -80,6 +80,7 @@ def calibrate(
     seed: int | None = None,
     image_dir: str | None = None,
     temperature: float | None = None,
+    tta_flip: bool | None = None,
     overwrite: bool = False,
     cache_dir: str | None = ".cache/cifar_lightning",
     batch_size: int = 500,
@@ -106,6 +107,9 @@ def calibrate(
         image_dir: Instead of a hold-out: a folder of labelled images (<class>/<file>) never trained on.
         temperature: Instead of fitting: write this temperature (e.g. one fitted on the hold-out of a
             run of the same recipe, for a model trained on every training image).
+        tta_flip: Fit the temperature for the model with flip averaging on (true) or off (false), and
+            write that setting into the new checkpoint: a temperature fits one setting. Default: the
+            checkpoint's own.
         overwrite: Allow --output to be the input checkpoint itself.
         cache_dir: Cache of decoded images (as for --data.cache_dir); None: no cache.
         batch_size: Images per forward pass.
@@ -124,7 +128,7 @@ def calibrate(
         if not is_valid_temperature(temperature):
             raise ConfigError(f"--temperature must be a finite number greater than 0, got {temperature}.")
         write_temperature(ckpt_path, out, temperature, {"temperature": float(temperature),
-                                                         "fitted_on": "given to calibrate --temperature"})
+                                                         "fitted_on": "given to calibrate --temperature"}, tta_flip)
         print(f"Wrote {out} with temperature {temperature:.4f} (given, not fitted).")
         return out
     if image_dir is not None and given_data:
@@ -132,6 +136,8 @@ def calibrate(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_classifier(ckpt_path, map_location=device)
+    if tta_flip is not None:
+        model.hparams.tta_flip = tta_flip
     if image_dir is not None:
         folder = read_predict_folder(image_dir, model.class_names)
         known = folder.labels >= 0
@@ -150,6 +156,6 @@ def calibrate(
         fitted_on = f"the hold-out of the training split (data.val_size {val_size}, data.seed {seed})"
     view_logits, labels = collect_view_logits(model, batches)
     result = calibrate_logits(view_logits, labels, float(model.hparams.temperature), fitted_on)
-    write_temperature(ckpt_path, out, result.temperature, result.record())
+    write_temperature(ckpt_path, out, result.temperature, result.record(), bool(model.hparams.tta_flip))
     print(f"{result.summary()}\nWrote {out}")
     return out

@@ -171,12 +171,17 @@ def calibrate_logits(view_logits: Tensor, labels: Tensor, current: float, fitted
 
 
 def write_temperature(source: str | Path, destination: str | Path, temperature: float,
-                      record: dict[str, Any] | None = None) -> None:
+                      record: dict[str, Any] | None = None, tta_flip: bool | None = None) -> None:
     """Copy a checkpoint file with its temperature set (``hyper_parameters``) and how it was fitted
-    (``"calibration"``), written atomically; every other key is kept as it was."""
+    (``"calibration"``), written atomically; every other key is kept as it was. ``tta_flip``: the
+    flip-averaging setting the temperature was fitted for, set with it (None keeps the file's)."""
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    checkpoint.setdefault("hyper_parameters", {})["temperature"] = float(temperature)
-    checkpoint["calibration"] = record or {"temperature": float(temperature)}
+    hyper_parameters = checkpoint.setdefault("hyper_parameters", {})
+    hyper_parameters["temperature"] = float(temperature)
+    if tta_flip is not None:
+        hyper_parameters["tta_flip"] = bool(tta_flip)
+    checkpoint["calibration"] = {**(record or {"temperature": float(temperature)}),
+                                 "tta_flip": bool(hyper_parameters.get("tta_flip", False))}
     save_atomically(checkpoint, destination)
 
 

@@ -56,6 +56,9 @@ from cifar_lightning.prediction_writer import CSVPredictionWriter
 # Model settings that change how a model runs, not what it computes from its weights: with
 # --ckpt_path they come from the command and config, not from the checkpoint's hyperparameters.
 RUNTIME_SWITCHES = ("tta_flip", "channels_last", "compile")
+# Of those, the ones whose checkpoint setting holds unless the command line itself names them:
+# a checkpoint's temperature is fitted for its own tta_flip, whatever a config says.
+CHECKPOINT_SWITCHES = ("tta_flip",)
 
 # ckpt_path values Lightning resolves itself rather than reading a file.
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
@@ -158,10 +161,15 @@ class CIFAR10CLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Lightning lets the checkpoint's hyperparameters override the whole model config, so that
         scaling, normalisation and classes come from the checkpoint; keep ``RUNTIME_SWITCHES`` as
-        given, or ``test --ckpt_path X --model.tta_flip true`` would silently evaluate without TTA."""
+        given, or ``test --ckpt_path X --model.tta_flip true`` would silently evaluate without TTA
+        (``CHECKPOINT_SWITCHES`` only where the command line names them)."""
         subcommand = self.config.get("subcommand")
         model = self.config[subcommand].get("model") if subcommand else None
         given = {name: model.get(name) for name in RUNTIME_SWITCHES} if model else {}
+        named = {arg.split("=")[0] for arg in self.argv or ()}
+        for name in CHECKPOINT_SWITCHES:
+            if self.argv is not None and f"--model.{name}" not in named:
+                given.pop(name, None)
         super()._parse_ckpt_path()
         for name, value in given.items():
             if value is not None:

@@ -57,7 +57,9 @@ class CIFAR10Classifier(L.LightningModule):
             batch, warming up over ``warmup_fraction`` of all steps and annealing to ~0 at the last one.
         warmup_fraction: Share of the training steps spent warming up (one-cycle only).
         tta_flip: Evaluate (validate, test, predict) on each image and its mirror image and average
-            the two probability vectors: test-time augmentation, off by default.
+            the two probability vectors: test-time augmentation. With ``--ckpt_path`` the
+            checkpoint's own setting (the one its temperature was fitted for) holds unless the
+            command line names ``--model.tta_flip``.
         temperature: Divides the logits before the softmax of every probability the model gives
             (temperature scaling, Guo et al. 2017): above 1 softens overconfident probabilities,
             below 1 sharpens underconfident ones; the predicted class never changes. ``fit`` fits

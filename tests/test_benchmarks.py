@@ -161,3 +161,21 @@ def test_corruption_benchmark_refuses_a_missing_checkpoint(tmp_path):
     benchmark = load_corruptions_benchmark()
     with pytest.raises(SystemExit, match="No checkpoint file"):
         benchmark.main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--data_dir", str(tmp_path)])
+
+
+def test_the_ece_floor_is_what_calibrated_labels_measure_and_a_miscalibrated_model_exceeds_it():
+    spec = importlib.util.spec_from_file_location("ece_floor", REPO / "benchmarks" / "ece_floor.py")
+    ece_floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ece_floor)
+    from cifar_lightning.calibration import calibration_scores
+
+    generator = torch.Generator().manual_seed(0)
+    probs = (torch.randn(4000, 10, generator=generator) * 3).softmax(-1)
+    small, large = (ece_floor.calibrated_draw_eces(probs, n, 50, generator) for n in (1000, 4000))
+    assert 0 < large.mean() < small.mean()  # more images, less scatter
+    # Labels drawn from the probabilities: the measured ECE is one more draw of the floor.
+    calibrated = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    assert calibration_scores(probs.log(), calibrated).ece < large.quantile(0.99) + 0.005
+    # The same labels scored with sharpened probabilities (overconfident): clearly above the floor.
+    sharpened = (probs.log() * 2).log_softmax(-1)
+    assert calibration_scores(sharpened, calibrated).ece > 3 * large.quantile(0.95)

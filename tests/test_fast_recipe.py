@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
 from cifar_lightning.augment import BatchRandomCrop
+from cifar_lightning.calibration import combine_views
 from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.predict import predict_probabilities
 from cifar_lightning.sources import load_split
@@ -116,7 +117,7 @@ def test_fast_config_builds_the_original_network_with_the_fast_recipe(tmp_path, 
     running_stats = sum(b.numel() for name, b in model.net.named_buffers() if name.endswith(("running_mean", "running_var")))
     assert (trainable, trainable + running_stats) == (419_818, 420_842)
     hp = model.hparams
-    assert (hp.optimizer, hp.lr_schedule, hp.tta_flip) == ("nadam", "onecycle", False)
+    assert (hp.optimizer, hp.lr_schedule) == ("nadam", "onecycle") and not hp.tta_flip
     assert 0 < hp.label_smoothing < 1
     assert isinstance(data.augment, BatchRandomCrop) and data.augment.padding == 4
     assert trainer.max_epochs <= 30 and data.hparams.val_size == 0
@@ -212,3 +213,38 @@ def test_fast_recipe_on_all_images_warns_of_nothing_the_user_cannot_act_on(image
     assert 0 <= float(tested.trainer.callback_metrics["test/acc"]) <= 1
     messages = [str(warning.message) for warning in recwarn]
     assert not [m for m in messages if "WeightAveraging" in m or "across ranks is zero" in m], messages
+
+
+def predicted_top_probabilities(monkeypatch, folder, ckpt: str, data_dir, *extra: str) -> list[float]:
+    """The CSV's top-1 probabilities of ``predict --config fast.yaml --ckpt_path ckpt`` run in
+    ``folder``, in source order."""
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    run_in_process(monkeypatch, "predict", "--config", FAST, "--ckpt_path", ckpt, *extra,
+                   "--data.data_dir", str(data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
+                   "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true")
+    with open(folder / "predictions" / "predictions.csv", newline="") as file:
+        return [float(row["probability"]) for row in sorted(csv.DictReader(file), key=lambda row: int(row["image"]))]
+
+
+def test_a_checkpoint_calibrated_with_flip_averaging_keeps_it_unless_told_otherwise(trained, tmp_path, monkeypatch):
+    """``calibrate --tta_flip true`` writes the setting its temperature was fitted for; predict keeps
+    it, even under a config that says otherwise, and ``--model.tta_flip false`` turns it off."""
+    calibrated = tmp_path / "flip.ckpt"
+    run_in_process(monkeypatch, "calibrate", "--ckpt_path", trained.ckpt, "--output", str(calibrated),
+                   "--temperature", "2.0", "--tta_flip", "true")
+    model = load_classifier(str(calibrated)).eval()
+    assert model.hparams.tta_flip is True and model.hparams.temperature == 2.0
+    assert torch.load(calibrated, weights_only=True)["calibration"]["tta_flip"] is True
+    images = load_split(trained.data_dir, train=False, cache_dir=None).images
+    with torch.no_grad():
+        with_flip = combine_views(torch.stack([model(images), model(images.flip(-1))]), 2.0).exp().max(-1).values
+        without = (model(images) / 2.0).softmax(-1).max(-1).values
+    assert not torch.allclose(with_flip, without, atol=1e-4)
+    no_flip_config = tmp_path / "no_flip.yaml"
+    no_flip_config.write_text("model:\n  tta_flip: false\n")
+    kept = predicted_top_probabilities(monkeypatch, tmp_path / "kept", str(calibrated), trained.data_dir,
+                                       "--config", str(no_flip_config))
+    assert kept == pytest.approx(with_flip.tolist(), abs=1e-4)
+    off = predicted_top_probabilities(monkeypatch, tmp_path / "off", str(calibrated), trained.data_dir, "--model.tta_flip", "false")
+    assert off == pytest.approx(without.tolist(), abs=1e-4)
