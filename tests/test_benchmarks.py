@@ -179,3 +179,16 @@ def test_the_ece_floor_is_what_calibrated_labels_measure_and_a_miscalibrated_mod
     # The same labels scored with sharpened probabilities (overconfident): clearly above the floor.
     sharpened = (probs.log() * 2).log_softmax(-1)
     assert calibration_scores(sharpened, calibrated).ece > 3 * large.quantile(0.95)
+
+
+def test_bootstrap_temperatures_centre_on_the_true_temperature_and_narrow_with_more_images():
+    spec = importlib.util.spec_from_file_location("temperature_precision", REPO / "benchmarks" / "temperature_precision.py")
+    precision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(precision)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 10, generator=generator) * 4
+    labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=generator).squeeze(1)  # true T = 2
+    wide = precision.bootstrap_temperatures(logits[None, :500], labels[:500], 30, generator)
+    narrow = precision.bootstrap_temperatures(logits[None], labels, 30, generator)
+    assert abs(narrow.mean().item() - 2.0) < 0.1
+    assert narrow.std() < wide.std()
