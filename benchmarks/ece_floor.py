@@ -47,18 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for path in args.ckpt_path:
             check_checkpoint(path)
-        split = load_split(args.data_dir, train=False, cache_dir=None if args.cache_dir == "none" else args.cache_dir)
+        split = load_split(args.data_dir, train=False, cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir)
     except UserInputError as error:
         sys.exit(f"error: {error}")
     for path in args.ckpt_path:
         model = load_classifier(path)
-        probs = predict_probabilities(model, split.images).double()
-        measured = calibration_scores(probs.clamp_min(1e-12).log().float(), split.labels).ece
+        probs = predict_probabilities(model, split.images)
+        measured = calibration_scores(probs.clamp_min(1e-12).log(), split.labels).ece
         print(f"{path}: temperature {model.hparams.temperature:.4f}, tta_flip {bool(model.hparams.tta_flip)}; "
               f"test ECE {measured:.2%} on {len(split.labels)} images")
         generator = torch.Generator().manual_seed(args.seed)
         for images in args.images:
-            floor = calibrated_draw_eces(probs.float(), min(images, len(probs)), args.draws, generator)
+            floor = calibrated_draw_eces(probs, min(images, len(probs)), args.draws, generator)
             print(f"  perfectly calibrated, {min(images, len(probs))} images, {args.draws} draws: ECE mean "
                   f"{floor.mean():.2%}, sd {floor.std():.2%}, 95th percentile {floor.quantile(0.95):.2%}")
 

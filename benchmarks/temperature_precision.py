@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", default=".cache/cifar_lightning", help="decode cache ('none': no cache)")
     args = parser.parse_args(argv)
-    cache_dir = None if args.cache_dir == "none" else args.cache_dir
+    cache_dir = None if args.cache_dir.lower() == "none" else args.cache_dir
     try:
         checkpoint = check_checkpoint(args.ckpt_path)
         data = config_data(args.fit_config)

@@ -166,10 +166,11 @@ class CIFAR10CLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         model = self.config[subcommand].get("model") if subcommand else None
         given = {name: model.get(name) for name in RUNTIME_SWITCHES} if model else {}
-        named = {arg.split("=")[0] for arg in self.argv or ()}
-        for name in CHECKPOINT_SWITCHES:
-            if self.argv is not None and f"--model.{name}" not in named:
-                given.pop(name, None)
+        if self.argv is not None:
+            named = {arg.split("=")[0] for arg in self.argv}
+            for name in CHECKPOINT_SWITCHES:
+                if f"--model.{name}" not in named:
+                    given.pop(name, None)
         super()._parse_ckpt_path()
         for name, value in given.items():
             if value is not None:
