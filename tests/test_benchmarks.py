@@ -192,3 +192,34 @@ def test_bootstrap_temperatures_centre_on_the_true_temperature_and_narrow_with_m
     narrow = precision.bootstrap_temperatures(logits[None], labels, 30, generator)
     assert abs(narrow.mean().item() - 2.0) < 0.1
     assert narrow.std() < wide.std()
+
+
+def test_holdout_maps_are_scored_out_of_fold_and_vector_scaling_finds_what_a_temperature_cannot():
+    spec = importlib.util.spec_from_file_location("holdout_reliability", REPO / "benchmarks" / "holdout_reliability.py")
+    holdout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(holdout)
+    from cifar_lightning.calibration import calibration_scores, combine_views
+
+    # No row is scored by a map fitted on it: each row's id rides in its logits.
+    overlaps = []
+
+    def recording_fit(view_logits, labels):
+        fitted = set(view_logits[0, :, 0].long().tolist())
+        return lambda logits: overlaps.append(fitted & set(logits[0, :, 0].long().tolist())) or torch.zeros(logits.shape[1:])
+
+    ids = torch.arange(100.0)[None, :, None].expand(1, 100, 10).clone()
+    holdout.out_of_fold(recording_fit, ids, torch.zeros(100, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert overlaps == [set(), set()]
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6000, 10, generator=generator) * 3  # two views of each image
+    truth = combine_views(logits, 2.0)  # a model whose probabilities need T = 2
+    labels = torch.multinomial(truth.exp(), 1, generator=generator).squeeze(1)
+    by_temperature = holdout.out_of_fold(holdout.temperature_map, logits, labels, generator)
+    assert calibration_scores(by_temperature, labels).nll < torch.nn.functional.nll_loss(truth, labels) + 0.01
+    # A per-class bias, which no temperature expresses: vector scaling finds it on the other half.
+    biased = (truth + torch.linspace(-1.5, 1.5, 10)).log_softmax(-1)
+    labels = torch.multinomial(biased.exp(), 1, generator=generator).squeeze(1)
+    by_temperature, by_vector = (holdout.out_of_fold(fit, logits, labels, generator)
+                                 for fit in (holdout.temperature_map, holdout.vector_scaling_map))
+    assert calibration_scores(by_vector, labels).nll < calibration_scores(by_temperature, labels).nll - 0.05
