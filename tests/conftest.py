@@ -6,6 +6,7 @@ few epochs: tests that need a *trained* checkpoint can check real predictions.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import urllib.error
@@ -30,6 +31,14 @@ from cifar_lightning.sources import CIFAR10_CLASSES
 from cifar_lightning.figures import TensorBoardFigures
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module: the scripts are not a package, so tests load them by path."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 # The real CIFAR-10 image folders: $CIFAR10_DIR (as benchmarks/gpu_check.sh reads it), else where CI puts them.
 REAL_DATA = Path(os.environ.get("CIFAR10_DIR") or REPO.parent / "shared" / "cifar10")
 

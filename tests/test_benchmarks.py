@@ -3,7 +3,6 @@ so that neither rots between the runs on a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -12,19 +11,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, write_image_folder
+from conftest import REPO, load_benchmark, write_image_folder
 
 GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
 
 
-def load_throughput():
-    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-throughput = load_throughput()
+throughput = load_benchmark("throughput")
 
 
 def test_a_relative_data_dir_is_resolved_when_parsed(image_folder, monkeypatch):
@@ -129,17 +121,10 @@ def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
     assert list((out / "fit" / "lightning_logs" / "base").glob("version_*/events.out.tfevents.*"))
 
 
-def load_corruptions_benchmark():
-    spec = importlib.util.spec_from_file_location("corruptions_benchmark", REPO / "benchmarks" / "corruptions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_corruption_benchmark_scores_every_corruption_and_severity(trained, tmp_path, capsys):
     import json
 
-    benchmark = load_corruptions_benchmark()
+    benchmark = load_benchmark("corruptions")
     results = benchmark.main(["--ckpt_path", trained.ckpt, "--data_dir", str(trained.data_dir), "--split", "holdout",
                               "--val_size", "20", "--cache_dir", "none", "--out", str(tmp_path),
                               "--anchors", str(REPO / "docs" / "robustness" / "robustbench_anchors.json")])
@@ -158,15 +143,13 @@ def test_corruption_benchmark_scores_every_corruption_and_severity(trained, tmp_
 
 
 def test_corruption_benchmark_refuses_a_missing_checkpoint(tmp_path):
-    benchmark = load_corruptions_benchmark()
+    benchmark = load_benchmark("corruptions")
     with pytest.raises(SystemExit, match="No checkpoint file"):
         benchmark.main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--data_dir", str(tmp_path)])
 
 
 def test_the_ece_floor_is_what_calibrated_labels_measure_and_a_miscalibrated_model_exceeds_it():
-    spec = importlib.util.spec_from_file_location("ece_floor", REPO / "benchmarks" / "ece_floor.py")
-    ece_floor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ece_floor)
+    ece_floor = load_benchmark("ece_floor")
     from cifar_lightning.calibration import calibration_scores
 
     generator = torch.Generator().manual_seed(0)
@@ -182,9 +165,7 @@ def test_the_ece_floor_is_what_calibrated_labels_measure_and_a_miscalibrated_mod
 
 
 def test_bootstrap_temperatures_centre_on_the_true_temperature_and_narrow_with_more_images():
-    spec = importlib.util.spec_from_file_location("temperature_precision", REPO / "benchmarks" / "temperature_precision.py")
-    precision = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(precision)
+    precision = load_benchmark("temperature_precision")
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(4000, 10, generator=generator) * 4
     labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=generator).squeeze(1)  # true T = 2
@@ -195,9 +176,7 @@ def test_bootstrap_temperatures_centre_on_the_true_temperature_and_narrow_with_m
 
 
 def test_holdout_maps_are_scored_out_of_fold_and_vector_scaling_finds_what_a_temperature_cannot():
-    spec = importlib.util.spec_from_file_location("holdout_reliability", REPO / "benchmarks" / "holdout_reliability.py")
-    holdout = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(holdout)
+    holdout = load_benchmark("holdout_reliability")
     from cifar_lightning.calibration import calibration_scores, combine_views
 
     # No row is scored by a map fitted on it: each row's id rides in its logits.

@@ -7,7 +7,7 @@ import torch
 
 from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
 
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 
 def test_short_real_training_beats_chance_clearly(real_data, decode_cache):
@@ -63,11 +63,7 @@ def test_corruption_benchmark_on_the_shipped_models(real_data, decode_cache, tmp
     """``benchmarks/corruptions.py`` on both shipped models, on a stratified sample of the real test
     images: every corruption scored, and the robust model keeps clearly more under corruption and
     JPEG than the original recipe's (about 83% against 70% on the full split: docs/robustness.md)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("corruptions_benchmark", REPO / "benchmarks" / "corruptions.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_benchmark("corruptions")
     results = benchmark.main(["--ckpt_path", *(str(REPO / "checkpoints" / name) for name in SHIPPED),
                               "--data_dir", str(real_data), "--cache_dir", str(decode_cache), "--sample", "300",
                               "--out", str(tmp_path)])
