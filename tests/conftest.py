@@ -39,6 +39,8 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
 # The real CIFAR-10 image folders: $CIFAR10_DIR (as benchmarks/gpu_check.sh reads it), else where CI puts them.
 REAL_DATA = Path(os.environ.get("CIFAR10_DIR") or REPO.parent / "shared" / "cifar10")
 
