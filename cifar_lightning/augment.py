@@ -226,3 +226,58 @@ def per_image_transform(rotation_degrees: float, shift_fraction: float, horizont
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     return v2.Compose(steps)
+
+
+class SplitBatch(nn.Module):
+    """Heavy augmentation on part of each batch, light on the rest, so every step also sees clean images.
+
+    Rusak et al. (2020) noised half of each batch to keep clean accuracy while gaining robustness; this
+    generalises that to any pair of batch augmentations. Batches are shuffled by the loader, so the
+    first ``round(heavy_fraction * B)`` images are a random subset.
+
+    Args:
+        heavy: Augmentation of the first share of the batch (uint8 in, float or uint8 out).
+        light: Augmentation of the rest (the same contract).
+        heavy_fraction: Share of each batch that ``heavy`` gets, in [0, 1].
+    """
+
+    def __init__(self, heavy: nn.Module, light: nn.Module, heavy_fraction: float = 0.5):
+        super().__init__()
+        if not 0 <= heavy_fraction <= 1:
+            raise ConfigError(f"SplitBatch's heavy_fraction must be in [0, 1], got {heavy_fraction}.")
+        self.heavy = heavy
+        self.light = light
+        self.heavy_fraction = heavy_fraction
+
+    def forward(self, images: Tensor) -> Tensor:
+        k = round(self.heavy_fraction * images.shape[0])
+        parts = [self.heavy(images[:k]) if k else None, self.light(images[k:]) if k < images.shape[0] else None]
+        return torch.cat([to_unit_float(p) for p in parts if p is not None])
+
+    def extra_repr(self) -> str:
+        return f"heavy_fraction={self.heavy_fraction}"
+
+
+class PerGroup(nn.Module):
+    """Apply a transform to each of ``groups`` slices of the batch separately, so each slice draws its own
+    random parameters. torchvision's v2 transforms draw one set for a whole batch (``AugMix`` one chain
+    of operations for all of it); a few groups give the images of a step several chains for a few
+    Python calls, where one call per image would cost more than the training step itself on a CPU.
+
+    Args:
+        transform: Any batch transform.
+        groups: Number of slices (the last may be smaller).
+    """
+
+    def __init__(self, transform: nn.Module, groups: int = 4):
+        super().__init__()
+        if groups < 1:
+            raise ConfigError(f"PerGroup's groups must be at least 1, got {groups}.")
+        self.transform = transform
+        self.groups = groups
+
+    def forward(self, images: Tensor) -> Tensor:
+        return torch.cat([self.transform(chunk) for chunk in images.chunk(self.groups)])
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
