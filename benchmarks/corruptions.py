@@ -1,6 +1,7 @@
-"""How checkpoints hold up on common corruptions: accuracy on the ten CIFAR-10-C corruptions at five
-severities (``cifar_lightning/corruptions.py``), their mean, the share of clean accuracy kept, and
-JPEG at quality 75.
+"""How checkpoints hold up on common corruptions: accuracy on the 15 CIFAR-10-C corruptions at five
+severities (``cifar_lightning/corruptions.py``), their mean, the mean over the corruptions no robust
+recipe of this project trains on (*unseen*; ``SEEN_IN_TRAINING`` lists the others), the share of
+clean accuracy each keeps, and JPEG at quality 75.
 
     python benchmarks/corruptions.py --ckpt_path checkpoints/cifar10_cnn.ckpt checkpoints/cifar10_cnn_robust.ckpt
     python benchmarks/corruptions.py --ckpt_path run.ckpt --split holdout --val_size 5000   # choosing a recipe
@@ -27,7 +28,7 @@ import torch
 from matplotlib.figure import Figure
 
 from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from cifar_lightning.corruptions import CORRUPTIONS, SEEN_IN_TRAINING, SEVERITIES, corrupt
 from cifar_lightning.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.jpeg import reencode_jpeg
@@ -94,48 +95,73 @@ def score(models: dict[str, object], images: torch.Tensor, labels: torch.Tensor,
         results[name]["jpeg_q75"] = accuracy(model, jpeg, labels, args.batch_size)
         results[name]["corruptions"] = {}
     for corruption in CORRUPTIONS:
+        started = time.perf_counter()
         for severity in SEVERITIES:
             corrupted = corrupt(images, corruption, severity, args.seed)
             for name, model in models.items():
                 results[name]["corruptions"].setdefault(corruption, []).append(
                     accuracy(model, corrupted, labels, args.batch_size))
-        print(f"  {corruption}: " + ", ".join(f"{name} {sum(r['corruptions'][corruption]) / 5:.4f}"
-                                             for name, r in results.items()), flush=True)
+        done = CORRUPTIONS.index(corruption) + 1
+        print(f"  [{done}/{len(CORRUPTIONS)}] {corruption} ({time.perf_counter() - started:.0f} s): "
+              + ", ".join(f"{name} {sum(r['corruptions'][corruption]) / 5:.4f}" for name, r in results.items()),
+              flush=True)
     for result in results.values():
-        every = [a for accuracies in result["corruptions"].values() for a in accuracies]
-        result["mean"] = sum(every) / len(every)
-        result["kept"] = result["mean"] / result["clean"]
+        summarise(result)
     return results
 
 
+def summarise(result: dict) -> dict:
+    """Adds the means over all corruptions and over the unseen ones, and the share of clean each keeps."""
+    def mean(names):
+        every = [a for name in names for a in result["corruptions"][name]]
+        return sum(every) / len(every)
+    unseen = [name for name in result["corruptions"] if name not in SEEN_IN_TRAINING]
+    result["mean"] = mean(result["corruptions"])
+    result["kept"] = result["mean"] / result["clean"]
+    result["mean_unseen"] = mean(unseen)
+    result["kept_unseen"] = result["mean_unseen"] / result["clean"]
+    return result
+
+
 def summary(results: dict[str, dict], anchors: dict | None) -> list[str]:
-    """One row per model (and per published anchor): clean, corruption mean, share kept, JPEG."""
-    lines = ["| model | clean | mean over 10 corruptions x 5 severities | share of clean kept | JPEG (CIFAR-10-C, mean of 5) | JPEG q75 |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """One row per model (and per published anchor): clean, the means over all and over the unseen
+    corruptions with the share of clean each keeps, JPEG."""
+    unseen = len([name for name in CORRUPTIONS if name not in SEEN_IN_TRAINING])
+    lines = [f"| model | clean | mean, all {len(CORRUPTIONS)} corruptions x 5 severities | share kept | "
+             f"mean, {unseen} unseen | share kept, unseen | JPEG (CIFAR-10-C, mean of 5) | JPEG q75 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         jpeg = sum(r["corruptions"]["jpeg_compression"]) / 5
-        lines.append(f"| {name} | {r['clean']:.4f} | {r['mean']:.4f} | {r['kept']:.1%} | {jpeg:.4f} | {r['jpeg_q75']:.4f} |")
+        lines.append(f"| {name} | {r['clean']:.4f} | {r['mean']:.4f} | {r['kept']:.1%} | {r['mean_unseen']:.4f} | "
+                     f"{r['kept_unseen']:.1%} | {jpeg:.4f} | {r['jpeg_q75']:.4f} |")
     for name, a in (anchors or {}).get("models", {}).items():
+        a = summarise(dict(a))
         jpeg = sum(a["corruptions"]["jpeg_compression"]) / 5
-        lines.append(f"| {name} ({a['network']}; published, not ours) | {a['clean']:.4f} | {a['mean']:.4f} | "
-                     f"{a['kept']:.1%} | {jpeg:.4f} | |")
+        protocol = (anchors.get("protocol") or {}).get(name, "published")
+        lines.append(f"| {name} ({a['network']}; published, not ours; {protocol}) | {a['clean']:.4f} | {a['mean']:.4f} | "
+                     f"{a['kept']:.1%} | {a['mean_unseen']:.4f} | {a['kept_unseen']:.1%} | {jpeg:.4f} | |")
     return lines
 
 
 def markdown(results: dict[str, dict], what: str, anchors: dict | None = None) -> str:
-    lines = [f"Accuracy on {what}, full precision; each corruption at severities 1-5 and their mean.", "",
+    lines = [f"Accuracy on {what}, full precision; each corruption at severities 1-5 and their mean. "
+             f"*Seen*: a robust recipe of this project trains on the same kind of transformation "
+             f"({', '.join(SEEN_IN_TRAINING)}); the others are *unseen*.", "",
              *summary(results, anchors), ""]
     if anchors:
         lines += [f"Published rows: {anchors['source']}.", ""]
     for name, result in results.items():
         lines += [f"**{name}**: clean {result['clean']:.4f}, JPEG q75 {result['jpeg_q75']:.4f} "
                   f"({100 * (result['clean'] - result['jpeg_q75']):.1f} points below clean), "
-                  f"mean over the 10 corruptions x 5 severities {result['mean']:.4f} "
-                  f"({result['kept']:.1%} of clean)", "",
-                  "| corruption | 1 | 2 | 3 | 4 | 5 | mean |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  f"mean over the {len(result['corruptions'])} corruptions x 5 severities {result['mean']:.4f} "
+                  f"({result['kept']:.1%} of clean), over the unseen ones {result['mean_unseen']:.4f} "
+                  f"({result['kept_unseen']:.1%})", "",
+                  "| corruption | seen in training | 1 | 2 | 3 | 4 | 5 | mean |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for corruption, accuracies in result["corruptions"].items():
             cells = " | ".join(f"{a:.3f}" for a in accuracies)
-            lines.append(f"| {corruption} | {cells} | {sum(accuracies) / len(accuracies):.3f} |")
+            seen = "seen" if corruption in SEEN_IN_TRAINING else "unseen"
+            lines.append(f"| {corruption} | {seen} | {cells} | {sum(accuracies) / len(accuracies):.3f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -148,11 +174,11 @@ def figure(results: dict[str, dict], what: str) -> Figure:
             ax.plot(SEVERITIES, accuracies, marker=".", label=corruption)
         ax.axhline(result["clean"], color="black", linestyle="--", label="clean")
         ax.set(title=f"{name}\nclean {result['clean']:.3f}, corruption mean {result['mean']:.3f} "
-                     f"({result['kept']:.0%} kept)", xlabel="severity", xticks=SEVERITIES, ylim=(0, 1))
+                     f"({result['kept']:.0%} kept; unseen {result['kept_unseen']:.0%})", xlabel="severity", xticks=SEVERITIES, ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=6, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=8, frameon=False)
     fig.suptitle(f"Accuracy under common corruptions (CIFAR-10-C definitions), {what}", fontsize=10)
     return fig
 
@@ -183,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     text = markdown(results, what, anchors)
     (out / "corruptions.md").write_text(text)
     (out / "corruptions.json").write_text(json.dumps({"evaluated_on": what, "corruption_seed": args.seed,
+                                                      "seen_in_training": list(SEEN_IN_TRAINING),
                                                       "results": results}, indent=1))
     figure(results, what).savefig(out / "corruptions.png", dpi=100)
     print(text)

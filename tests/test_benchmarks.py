@@ -129,16 +129,21 @@ def test_corruption_benchmark_scores_every_corruption_and_severity(trained, tmp_
                               "--val_size", "20", "--cache_dir", "none", "--out", str(tmp_path),
                               "--anchors", str(REPO / "docs" / "robustness" / "robustbench_anchors.json")])
     (result,) = results.values()
-    assert list(result["corruptions"]) == list(benchmark.CORRUPTIONS) and len(result["corruptions"]) == 10
+    assert list(result["corruptions"]) == list(benchmark.CORRUPTIONS) and len(result["corruptions"]) == 15
     assert all(len(accuracies) == 5 and all(0 <= a <= 1 for a in accuracies) for accuracies in result["corruptions"].values())
     every = [a for accuracies in result["corruptions"].values() for a in accuracies]
-    assert result["mean"] == pytest.approx(sum(every) / 50) and result["kept"] == pytest.approx(result["mean"] / result["clean"])
+    assert result["mean"] == pytest.approx(sum(every) / 75) and result["kept"] == pytest.approx(result["mean"] / result["clean"])
+    unseen = [a for name in benchmark.CORRUPTIONS if name not in benchmark.SEEN_IN_TRAINING for a in result["corruptions"][name]]
+    assert len(unseen) == 50 and result["mean_unseen"] == pytest.approx(sum(unseen) / 50)
     assert result["clean"] == 1.0  # the synthetic colours are learned perfectly, and noise at severity 5 costs some
     assert min(every) < 1.0
     saved = json.loads((tmp_path / "corruptions.json").read_text())
     assert saved["evaluated_on"] == "the hold-out (data.val_size 20, data.seed 0)" and (tmp_path / "corruptions.png").is_file()
     table = (tmp_path / "corruptions.md").read_text()
-    assert "| gaussian_noise |" in table and "| Standard (WideResNet-28-10, standard training; published, not ours) | 0.9478 | 0.7324 |" in table
+    assert "| gaussian_noise | seen |" in table and "| glass_blur | unseen |" in table
+    assert "| Standard (WideResNet-28-10, standard training; published, not ours; standard training (crop and flip): " \
+           "every corruption unseen) | 0.9478 | 0.7346 | 77.5% |" in table
+    assert saved["seen_in_training"] == list(benchmark.SEEN_IN_TRAINING)
     assert "the hold-out (data.val_size 20, data.seed 0)" in capsys.readouterr().out
 
 
