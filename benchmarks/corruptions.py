@@ -27,13 +27,19 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.corruptions import CORRUPTIONS, SEEN_IN_TRAINING, SEVERITIES, corrupt
-from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.data.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.jpeg import reencode_jpeg
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import load_classifier
 from cifar_lightning.precision import cpu_name
-from cifar_lightning.predict import predict_probabilities
+from cifar_lightning.robustness.corruptions import (
+    CORRUPTIONS,
+    SEEN_IN_TRAINING,
+    SEVERITIES,
+    corrupt,
+)
+from cifar_lightning.robustness.jpeg import reencode_jpeg
 
 JPEG_Q75 = 75
 

@@ -17,11 +17,12 @@ import sys
 
 import torch
 
-from cifar_lightning.calibration import calibration_scores
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
+from cifar_lightning.calibration.temperature import calibration_scores
+from cifar_lightning.data.sources import load_split
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.predict import predict_probabilities
-from cifar_lightning.sources import load_split
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import load_classifier
 
 
 def calibrated_draw_eces(probs: torch.Tensor, images: int, draws: int, generator: torch.Generator) -> torch.Tensor:

@@ -72,7 +72,7 @@ echo "Mode: $([ $QUICK = 1 ] && echo 'quick (CPU, tiny synthetic data)' || echo 
 SYNTHETIC=""
 if [ $QUICK = 1 ]; then
   SYNTHETIC="$OUT/synthetic"; PER_CLASS=20   # 200 training images (50 held out), 100 test images
-elif ! "$PY" -c "import sys; from pathlib import Path; from cifar_lightning.sources import find_layout; find_layout(Path(sys.argv[1]))" "$DATA" 2>/dev/null; then
+elif ! "$PY" -c "import sys; from pathlib import Path; from cifar_lightning.data.sources import find_layout; find_layout(Path(sys.argv[1]))" "$DATA" 2>/dev/null; then
   echo "Data: no CIFAR-10 at $DATA; using CIFAR-sized random images (50,000 + 10,000): timings hold, val/acc is chance"
   SYNTHETIC="$OUT/synthetic"; PER_CLASS=5000
 fi
@@ -124,7 +124,7 @@ grep -E "^Precision|Test accuracy" "$OUT/fit.log"
 [[ " ${FAILED[*]} " == *" fit "* ]] || "$PY" - "$OUT/fit/lightning_logs" <<'EOF' || FAILED+=(epochs)
 import sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from cifar_lightning.report import find_run_dir, run_started
+from cifar_lightning.report.runs import find_run_dir, run_started
 run = find_run_dir(sys.argv[1])
 points = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload().Scalars("val/acc")
 previous = run_started(run)

@@ -22,12 +22,22 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cifar_lightning.calibrate import check_never_trained_on, config_data, holdout_batches
-from cifar_lightning.calibration import (
-    Scores, calibration_scores, collect_view_logits, combine_views, fit_temperature, reliability_bins,
+from cifar_lightning.calibration.holdout import (
+    check_never_trained_on,
+    config_data,
+    holdout_batches,
 )
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
+from cifar_lightning.calibration.reliability import reliability_bins
+from cifar_lightning.calibration.temperature import (
+    Scores,
+    calibration_scores,
+    collect_view_logits,
+    fit_temperature,
+)
 from cifar_lightning.errors import UserInputError
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import load_classifier
+from cifar_lightning.model.probabilities import combine_views
 
 Map = Callable[[torch.Tensor, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 

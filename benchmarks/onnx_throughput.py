@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar_lightning.checkpoints import load_classifier
-from cifar_lightning.export import export_onnx
+from cifar_lightning.data.sources import load_split
+from cifar_lightning.infer.export import export_onnx
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.loading import load_classifier
 from cifar_lightning.precision import cpu_has_native_bf16, cpu_name
-from cifar_lightning.predict import predict_probabilities
-from cifar_lightning.sources import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 

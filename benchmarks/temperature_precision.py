@@ -17,11 +17,21 @@ import sys
 
 import torch
 
-from cifar_lightning.calibrate import check_never_trained_on, config_data, holdout_batches
-from cifar_lightning.calibration import calibration_scores, collect_view_logits, combine_views, fit_temperature
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
+from cifar_lightning.calibration.holdout import (
+    check_never_trained_on,
+    config_data,
+    holdout_batches,
+)
+from cifar_lightning.calibration.temperature import (
+    calibration_scores,
+    collect_view_logits,
+    fit_temperature,
+)
+from cifar_lightning.data.sources import load_split
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.sources import load_split
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import load_classifier
+from cifar_lightning.model.probabilities import combine_views
 
 
 def bootstrap_temperatures(view_logits: torch.Tensor, labels: torch.Tensor, resamples: int,

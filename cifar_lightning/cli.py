@@ -1,18 +1,21 @@
-"""``python -m cifar_lightning {fit,validate,test,predict,calibrate,report,export,serve}``: LightningCLI
-with a few additions.
+"""``python -m cifar_lightning {fit,validate,test,predict,calibrate,report,export,serve}``: a small
+dispatcher in front of a stock LightningCLI, extended through its public hooks only.
+
+- ``calibrate``, ``report``, ``export`` and ``serve`` are plain functions with typed arguments,
+  dispatched before LightningCLI (jsonargparse's ``auto_cli``); ``--help`` lists every subcommand in
+  whole sentences and ``--version`` prints the package's version.
 
 - Precision is picked from the hardware when the config leaves it unset (``precision.py``), and
   one line at the start says which, why, and how to override it.
 - ``fit`` ends by fitting the kept model's temperature on the hold-out (``TemperatureScaling``), then
   testing the best checkpoint, like Keras' ``restore_best_weights`` followed by ``model.evaluate``
   on the test set.
-- ``--ckpt_path`` is checked first, so a missing or foreign file is a clear ``CheckpointError``.
+- ``--ckpt_path`` is read once and checked first, so a missing or foreign file is a clear
+  ``CheckpointError``; the same contents give the model's settings and Lightning's restore.
 - ``predict`` writes a CSV (``CSVPredictionWriter``) even when the config names no writer.
 - The run's ``config.yaml`` goes into its log folder only: with no logger (``predict``,
   ``--trainer.logger false``) nothing is written into the working directory, and ``fit`` leaves
   ``LearningRateMonitor`` out, which refuses to start without a logger.
-- ``calibrate``, ``report``, ``export`` and ``serve`` are plain functions with typed arguments (``auto_cli``);
-  ``--help`` lists every subcommand in whole sentences.
 - Data is downloaded and decoded before Lightning creates the run's log folder; messages a user
   cannot act on (an advert, Lightning's internal deprecations) are silenced by their exact text.
 - Reliability (docs/reliability.md): the checkpoint and log folders are checked before any work;
@@ -24,34 +27,37 @@ with a few additions.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.metadata
 import logging
-import os
 import shlex
 import signal
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ArgumentParser, auto_cli
+from jsonargparse import auto_cli
 from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cifar_lightning.calibration import TemperatureScaling
-from cifar_lightning.checkpoint_io import AtomicCheckpointIO, RNGStateCheckpoint
-from cifar_lightning.checkpoints import check_checkpoint, check_class_count
-from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.atomic import check_writable
+from cifar_lightning.calibration.callback import TemperatureScaling
+from cifar_lightning.data.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, UserInputError
-from cifar_lightning.module import CIFAR10Classifier
+from cifar_lightning.infer.prediction_writer import CSVPredictionWriter
+from cifar_lightning.model.checkpoints import check_checkpoint, check_class_count
+from cifar_lightning.model.classifier import CIFAR10Classifier
 from cifar_lightning.precision import auto_precision, uses_cuda
-from cifar_lightning.prediction_writer import CSVPredictionWriter
+from cifar_lightning.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    RNGStateCheckpoint,
+)
 
 # Model settings that change how a model runs, not what it computes from its weights: with
 # --ckpt_path they come from the command and config, not from the checkpoint's hyperparameters.
@@ -80,38 +86,35 @@ SUBCOMMANDS = {
 }
 # Subcommands that are plain functions rather than Trainer methods: name -> (module, function, help).
 FUNCTION_SUBCOMMANDS = {
-    "calibrate": ("cifar_lightning.calibrate", "calibrate",
+    "calibrate": ("cifar_lightning.calibration.command", "calibrate",
                   "Fit a checkpoint's temperature on held-out images (never the test split) and write a "
                   "checkpoint that carries it."),
-    "report": ("cifar_lightning.report", "make_report",
+    "report": ("cifar_lightning.report.command", "make_report",
                "Draw a trained model's pictures: examples, training curves, predictions, confusion matrix."),
-    "export": ("cifar_lightning.export", "export_onnx",
+    "export": ("cifar_lightning.infer.export", "export_onnx",
                "Write a checkpoint as an ONNX file: uint8 images in, class probabilities out (docs/deploy.md)."),
-    "serve": ("cifar_lightning.serve", "serve",
+    "serve": ("cifar_lightning.serve.server", "serve",
               "Serve a checkpoint over HTTP with LitServe: POST /predict, a web page at /, /health (docs/deploy.md)."),
 }
 
 
-def check_writable(folders: Iterable[tuple[str, str | os.PathLike]]) -> None:
-    """Create each ``(what, folder)`` and write a probe file in it, so training never starts without a place to save."""
-    for what, folder in folders:
-        folder = Path(folder).expanduser().resolve()
-        blocker = next((path for path in (folder, *folder.parents) if path.exists()), folder)
-        if not blocker.is_dir():
-            it = "it" if blocker == folder else str(blocker)
-            raise UserInputError(
-                f"Cannot write {what} to {folder}: {it} is a file, not a folder. Move the file away, "
-                "or point the config at another folder (ModelCheckpoint dirpath, logger save_dir)."
-            )
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as error:
-            raise UserInputError(
-                f"Cannot write {what} to {folder} ({error.strerror or error}). Run from a folder you "
-                "can write to, or point the config at one (ModelCheckpoint dirpath, logger save_dir)."
-            ) from None
+def version() -> str:
+    """The installed package's version (``pyproject.toml``)."""
+    try:
+        return importlib.metadata.version("cifar-lightning")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def overview() -> argparse.ArgumentParser:
+    """The top-level ``--help``: the tool and every subcommand in a sentence, the Trainer's and ours.
+    Each subcommand parses its own options (``SUBCOMMAND --help``)."""
+    parser = argparse.ArgumentParser(prog=program_name(), description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    subcommands = parser.add_subparsers(title="subcommands", metavar="SUBCOMMAND")
+    for name, description in {**SUBCOMMANDS, **{k: v[2] for k, v in FUNCTION_SUBCOMMANDS.items()}}.items():
+        subcommands.add_parser(name, help=description)
+    return parser
 
 
 def program_name() -> str:
@@ -130,54 +133,55 @@ class SaveConfigToLog(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+class RUNNING:
+    """The CLI being run, so that ``cli_main`` can say how to resume a ``fit`` that a signal stopped."""
+
+    cli: CIFAR10CLI | None = None
+
+
 class CIFAR10CLI(LightningCLI):
-    def __init__(self, *cli_args: Any, args: Any = None, **kwargs: Any) -> None:
-        # The command as typed, to print the resume command after an interruption.
-        self.argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else None
-        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION, "prog": program_name()})
+    """Lightning's CLI through its public hooks: the checkpoint named by ``--ckpt_path`` is read once
+    (checked here, its hyperparameters applied here, handed to Lightning's restore through
+    ``AtomicCheckpointIO``), the precision picked from the hardware, the data loaded before the log
+    folder exists, and ``fit`` followed by a test of what it kept."""
+
+    def __init__(self, *cli_args: Any, args: list[str] | None = None, **kwargs: Any) -> None:
+        self.checkpoint: dict | None = None  # the --ckpt_path file's contents, read once
+        self.ckpt_path: str | None = None
+        RUNNING.cli = self  # for the resume notice, should the run be stopped (cli_main)
+        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION, "prog": program_name(),
+                                            **{name: {"description": text} for name, text in SUBCOMMANDS.items()}})
         super().__init__(*cli_args, args=args, **kwargs)
 
-    def _add_subcommands(self, parser, **kwargs: Any) -> None:
-        """Lightning's subcommands with descriptions in whole sentences, and the function subcommands
-        (``main`` runs those before LightningCLI; they are here so that --help lists them all)."""
-        self._subcommand_parsers = {}
-        subcommands = parser.add_subcommands(title="subcommands", metavar="SUBCOMMAND")
-        for name, description in SUBCOMMANDS.items():
-            subparser = self._prepare_subcommand_parser(self.trainer_class, name, description=description,
-                                                        **kwargs.get(name, {}))
-            self._subcommand_parsers[name] = subparser
-            subcommands.add_subcommand(name, subparser, help=description)
-        for name, (module, function, description) in FUNCTION_SUBCOMMANDS.items():
-            subcommands.add_subcommand(name, ArgumentParser(description=description), help=description)
-
     def parse_arguments(self, parser, args) -> None:
-        """Check ``--ckpt_path`` before Lightning reads hyperparameters from it (a traceback on a wrong file)."""
+        """Read an explicit ``--ckpt_path`` file once: check it (a clear ``CheckpointError``, not a
+        traceback), take the model's settings from its hyperparameters (as Lightning would, keeping
+        ``RUNTIME_SWITCHES`` as given: ``test --ckpt_path X --model.tta_flip true`` must not silently
+        evaluate without the flip; ``CHECKPOINT_SWITCHES`` only where the command line names them),
+        and keep its contents for Lightning's restore. The path is set aside until
+        ``before_instantiate_classes``, so Lightning does not read the file for the hyperparameters again."""
         super().parse_arguments(parser, args)
+        self.argv = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else None
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and str(ckpt_path).split(":")[0] not in SPECIAL_CKPT_PATHS:
-            check_checkpoint(ckpt_path)
-
-    def _parse_ckpt_path(self) -> None:
-        """Lightning lets the checkpoint's hyperparameters override the whole model config, so that
-        scaling, normalisation and classes come from the checkpoint; keep ``RUNTIME_SWITCHES`` as
-        given, or ``test --ckpt_path X --model.tta_flip true`` would silently evaluate without TTA
-        (``CHECKPOINT_SWITCHES`` only where the command line names them)."""
-        subcommand = self.config.get("subcommand")
-        model = self.config[subcommand].get("model") if subcommand else None
+        if not ckpt_path or str(ckpt_path).split(":")[0] in SPECIAL_CKPT_PATHS:
+            return
+        self.checkpoint, self.ckpt_path = check_checkpoint(ckpt_path), str(ckpt_path)
+        model = self.config[subcommand].get("model")
         given = {name: model.get(name) for name in RUNTIME_SWITCHES} if model else {}
-        if self.argv is not None:
-            named = {arg.split("=")[0] for arg in self.argv}
-            for name in CHECKPOINT_SWITCHES:
-                if f"--model.{name}" not in named:
-                    given.pop(name, None)
-        super()._parse_ckpt_path()
-        for name, value in given.items():
-            if value is not None:
-                self.config[subcommand].model[name] = value
+        named = {arg.split("=")[0] for arg in self.argv or ()}
+        for name in CHECKPOINT_SWITCHES:
+            if f"--model.{name}" not in named:
+                given.pop(name, None)
+        hparams = {key: value for key, value in (self.checkpoint.get("hyper_parameters") or {}).items()
+                   if not key.startswith("_")}
+        hparams.update({name: value for name, value in given.items() if value is not None})
+        self.config = parser.parse_object({subcommand: {"model": hparams, "ckpt_path": None}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.ckpt_path is not None:
+            config.ckpt_path = self.ckpt_path  # for the Trainer, which restores from the contents already read
         trainer = config.trainer
         if self.subcommand == "predict":
             trainer.logger = False  # predict logs nothing: no empty version_N folder per prediction
@@ -192,11 +196,14 @@ class CIFAR10CLI(LightningCLI):
             torch.set_float32_matmul_precision("high")  # TF32 for the few fp32 matmuls left
 
     def instantiate_trainer(self, **kwargs: Any):
-        """Add ``AtomicCheckpointIO`` unless the config names its own checkpoint plugin."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        """Add ``AtomicCheckpointIO`` unless the config names its own checkpoint plugin; it hands
+        Lightning's restore the ``--ckpt_path`` contents already read."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        plugins = config["trainer"].get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
-            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+            preloaded = {self.ckpt_path: self.checkpoint} if self.checkpoint is not None else {}
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO(preloaded)]
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
@@ -216,9 +223,7 @@ class CIFAR10CLI(LightningCLI):
         self.before_validate()
 
     def before_validate(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        explicit = ckpt_path and str(ckpt_path).split(":")[0] not in SPECIAL_CKPT_PATHS
-        source = f"taken from the checkpoint {ckpt_path}" if explicit else "model.class_names"
+        source = f"taken from the checkpoint {self.ckpt_path}" if self.ckpt_path else "model.class_names"
         check_class_count(len(self.model.class_names), len(self.datamodule.classes), source)
         self.load_data()
 
@@ -245,19 +250,6 @@ class CIFAR10CLI(LightningCLI):
         data.setup(self.subcommand)
         if self.subcommand == "fit":
             data.setup("test")
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
-        # batch, Ctrl-C calls sys.exit(1); both after ModelCheckpoint(save_on_exception=True) has saved.
-        try:
-            super()._run_subcommand(subcommand)
-        except (SystemExit, KeyboardInterrupt) as stop:
-            if subcommand != "fit" or not self.trainer.interrupted:
-                raise
-            signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
-            if self.trainer.is_global_zero:
-                print(self.resume_notice(signum), file=sys.stderr)
-            raise SystemExit(128 + signum) from None
 
     def resume_notice(self, signum: signal.Signals) -> str:
         """What was interrupted, what was saved, and the command that resumes."""
@@ -334,7 +326,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
     """
     quiet_lightning()
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] and argv[0] in FUNCTION_SUBCOMMANDS:
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        overview().parse_args(argv or ["--help"])  # prints the overview or the version, and exits
+    if argv[0] in FUNCTION_SUBCOMMANDS:
         if argv[0] == "calibrate" and any(arg.split("=")[0] == "--config" for arg in argv[1:]):
             # jsonargparse would read the fit config as calibrate's own options and name a trainer option.
             raise UserInputError("calibrate takes the fit config whose hold-out it uses as --fit_config "
@@ -343,16 +337,29 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
         run_function = getattr(importlib.import_module(module), function)
         return auto_cli(run_function, args=argv[1:], as_positional=False,
                         prog=f"{program_name()} {argv[0]}", description=description)
-    return CIFAR10CLI(
-        CIFAR10Classifier,
-        CIFAR10DataModule,
-        save_config_callback=SaveConfigToLog,
-        save_config_kwargs={"overwrite": True},
-        # Always added, whatever the config.
-        trainer_defaults={"callbacks": [RNGStateCheckpoint(), TemperatureScaling()]},
-        args=args,
-        run=run,
-    )
+    RUNNING.cli = None
+    try:
+        return CIFAR10CLI(
+            CIFAR10Classifier,
+            CIFAR10DataModule,
+            save_config_callback=SaveConfigToLog,
+            save_config_kwargs={"overwrite": True},
+            # Always added, whatever the config.
+            trainer_defaults={"callbacks": [RNGStateCheckpoint(), TemperatureScaling()]},
+            args=args,
+            run=run,
+        )
+    except (SystemExit, KeyboardInterrupt) as stop:
+        # Lightning ends an interrupted fit itself: SIGTERM raises SIGTERMException after the current
+        # batch, Ctrl-C calls sys.exit(1); both after ModelCheckpoint(save_on_exception=True) has saved.
+        cli = RUNNING.cli
+        trainer = getattr(cli, "trainer", None)
+        if cli is None or cli.subcommand != "fit" or trainer is None or not trainer.interrupted:
+            raise
+        signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
+        if trainer.is_global_zero:
+            print(cli.resume_notice(signum), file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 def find_user_error(error: BaseException | None) -> UserInputError | None:

@@ -105,6 +105,16 @@ def image_to_tensor(image: Image.Image) -> Tensor:
     return torch.from_numpy(np.asarray(to_rgb32(image)).copy()).permute(2, 0, 1)
 
 
+def tensor_to_32(image: Tensor) -> Tensor:
+    """A (3, H, W) tensor (uint8 in [0, 255] or float in [0, 1]) -> uint8 (3, 32, 32) through the same
+    Pillow resize as a file (``to_rgb32``): the one resize of every input. A float image is rounded to
+    8 bits first, as a file holds it; an image already 32x32 is returned as it is, in its own dtype."""
+    if image.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
+        return image
+    pixels = image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image_to_tensor(Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()))
+
+
 def open_header(source: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An image file with only its header read: ``ImageTooLarge`` when it declares more than
     ``max_pixels``; a JPEG over ``JPEG_DRAFT_PIXELS`` set to decode at a reduced scale (its ``size``

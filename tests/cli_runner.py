@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cifar_lightning.cli import cli_main, main
+
 from conftest import REPO
 
 TESTS = Path(__file__).resolve().parent

@@ -14,21 +14,21 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
-import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch.optim.swa_utils import update_bn
 from torchvision.datasets import CIFAR10
 
-from cifar_lightning.datamodule import CIFAR10DataModule
-from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.sources import CIFAR10_CLASSES
-from cifar_lightning.figures import TensorBoardFigures
+from cifar_lightning.data.datamodule import CIFAR10DataModule
+from cifar_lightning.data.sources import CIFAR10_CLASSES
+from cifar_lightning.model.classifier import CIFAR10Classifier
+from cifar_lightning.report.tensorboard_figures import TensorBoardFigures
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cifar_lightning.augment import BatchAugment, per_image_transform
+from cifar_lightning.data.augment import BatchAugment, per_image_transform
 
 N = 1500
 
@@ -123,7 +123,7 @@ def mid_grey_images(n: int) -> torch.Tensor:
 
 
 def test_gaussian_noise_reaches_the_set_share_of_images_with_sigmas_up_to_the_maximum():
-    from cifar_lightning.augment import BatchGaussianNoise
+    from cifar_lightning.data.augment import BatchGaussianNoise
 
     images = mid_grey_images(4000)
     torch.manual_seed(4)
@@ -136,7 +136,7 @@ def test_gaussian_noise_reaches_the_set_share_of_images_with_sigmas_up_to_the_ma
 
 
 def test_contrast_keeps_each_images_mean_and_scales_its_spread_by_a_factor_in_range():
-    from cifar_lightning.augment import BatchRandomContrast
+    from cifar_lightning.data.augment import BatchRandomContrast
 
     images = mid_grey_images(4000)
     torch.manual_seed(5)
@@ -152,7 +152,7 @@ def test_contrast_keeps_each_images_mean_and_scales_its_spread_by_a_factor_in_ra
 
 @pytest.mark.parametrize("settings", [{"p": 1.5}, {"min_factor": -0.1}])
 def test_contrast_refuses_settings_outside_zero_to_one(settings):
-    from cifar_lightning.augment import BatchRandomContrast
+    from cifar_lightning.data.augment import BatchRandomContrast
     from cifar_lightning.errors import ConfigError
 
     with pytest.raises(ConfigError, match="must be in \\[0, 1\\]"):

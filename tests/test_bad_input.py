@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.data.datamodule import CIFAR10DataModule
+from cifar_lightning.data.folders import read_predict_folder
+from cifar_lightning.data.sources import CIFAR10_CLASSES
 from cifar_lightning.errors import CheckpointError, DataSourceError
-from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.predict import predict_images, read_predict_folder
-from cifar_lightning.sources import CIFAR10_CLASSES
+from cifar_lightning.infer.predict import predict_images
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.classifier import CIFAR10Classifier
+from cifar_lightning.model.loading import load_classifier
+
 from cli_runner import FAST, fit_args, run_failing, run_in_process, start_fit
 from conftest import write_image_folder
 

@@ -155,7 +155,7 @@ def test_corruption_benchmark_refuses_a_missing_checkpoint(tmp_path):
 
 def test_the_ece_floor_is_what_calibrated_labels_measure_and_a_miscalibrated_model_exceeds_it():
     ece_floor = load_benchmark("ece_floor")
-    from cifar_lightning.calibration import calibration_scores
+    from cifar_lightning.calibration.temperature import calibration_scores
 
     generator = torch.Generator().manual_seed(0)
     probs = (torch.randn(4000, 10, generator=generator) * 3).softmax(-1)
@@ -182,7 +182,8 @@ def test_bootstrap_temperatures_centre_on_the_true_temperature_and_narrow_with_m
 
 def test_holdout_maps_are_scored_out_of_fold_and_vector_scaling_finds_what_a_temperature_cannot():
     holdout = load_benchmark("holdout_reliability")
-    from cifar_lightning.calibration import calibration_scores, combine_views
+    from cifar_lightning.calibration.temperature import calibration_scores
+    from cifar_lightning.model.probabilities import combine_views
 
     # No row is scored by a map fitted on it: each row's id rides in its logits.
     overlaps = []

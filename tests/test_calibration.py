@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from cifar_lightning.calibration import (
-    calibration_scores, combine_views, fit_temperature, reliability_bins, write_temperature,
-)
-from cifar_lightning.checkpoints import load_classifier
-from cifar_lightning.module import CIFAR10Classifier
-from cifar_lightning.predict import predict_probabilities
+from cifar_lightning.calibration.checkpoint_file import write_temperature
+from cifar_lightning.calibration.reliability import reliability_bins
+from cifar_lightning.calibration.temperature import calibration_scores, fit_temperature
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.classifier import CIFAR10Classifier
+from cifar_lightning.model.loading import load_classifier
+from cifar_lightning.model.probabilities import combine_views
 
 from cli_runner import BASE, FAST, run_failing, run_in_process, run_process
 from conftest import write_image_folder
@@ -125,8 +126,8 @@ def test_calibrate_fits_on_the_hold_out_and_never_reads_the_test_split(trained, 
     assert all(torch.equal(original["state_dict"][k], v) for k, v in checkpoint["state_dict"].items())
     assert load_classifier(output).hparams.temperature == temperature
     # The same folder breaks anything that reads the test split: this is the control that the test could fail.
+    from cifar_lightning.data.sources import load_split
     from cifar_lightning.errors import DataSourceError
-    from cifar_lightning.sources import load_split
     with pytest.raises(DataSourceError):
         load_split(unreadable_test_split, train=False, cache_dir=None)
 
@@ -224,7 +225,8 @@ def test_one_path_csv_python_service_and_onnx_give_the_same_probabilities(tmp_pa
     from PIL import Image
 
     from cifar_lightning.decode import read_image
-    from cifar_lightning.predict import predict_images
+    from cifar_lightning.infer.predict import predict_images
+
     from conftest import synthetic_images
     from serving import SHIPPED_CKPT, running_server
 

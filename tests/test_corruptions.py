@@ -11,12 +11,27 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from cifar_lightning.corruptions import (
-    BRIGHTNESS_SHIFT, CONTRAST_FACTOR, CORRUPTIONS, FROST_IMAGE_AND_FROST, GAUSSIAN_NOISE_SIGMA, IMPULSE_NOISE_AMOUNT,
-    JPEG_QUALITY, SEED_KEYS, SEEN_IN_TRAINING, SHOT_NOISE_PHOTONS, UNSEEN, centre_zoom, corrupt, disk_kernel,
-    frost_pictures, motion_blur_pixels, motion_kernel, plasma_fractal,
-)
 from cifar_lightning.errors import ConfigError
+from cifar_lightning.robustness.corruptions import (
+    BRIGHTNESS_SHIFT,
+    CONTRAST_FACTOR,
+    CORRUPTIONS,
+    FROST_IMAGE_AND_FROST,
+    GAUSSIAN_NOISE_SIGMA,
+    IMPULSE_NOISE_AMOUNT,
+    JPEG_QUALITY,
+    SEED_KEYS,
+    SEEN_IN_TRAINING,
+    SHOT_NOISE_PHOTONS,
+    UNSEEN,
+    centre_zoom,
+    corrupt,
+    disk_kernel,
+    frost_pictures,
+    motion_blur_pixels,
+    motion_kernel,
+    plasma_fractal,
+)
 
 from conftest import synthetic_images
 

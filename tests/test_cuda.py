@@ -13,11 +13,12 @@ import lightning as L
 import pytest
 import torch
 
-from cifar_lightning.augment import BatchAugment
-from cifar_lightning.checkpoints import load_classifier
-from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.data.augment import BatchAugment
+from cifar_lightning.data.datamodule import CIFAR10DataModule
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.loading import load_classifier
 from cifar_lightning.precision import auto_precision
-from cifar_lightning.predict import predict_probabilities
+
 from conftest import REPO, write_image_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")

@@ -13,11 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar_lightning.data.folders import read_predict_folder
+from cifar_lightning.data.sources import CIFAR10_CLASSES
 from cifar_lightning.decode import (
-    ImageTooLarge, JPEG_DRAFT_PIXELS, decode_image_bytes, image_to_tensor, read_image,
+    JPEG_DRAFT_PIXELS,
+    ImageTooLarge,
+    decode_image_bytes,
+    image_to_tensor,
+    read_image,
 )
-from cifar_lightning.predict import read_predict_folder
-from cifar_lightning.sources import CIFAR10_CLASSES
 
 from conftest import synthetic_images
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.cli import cli_main, main
-from cifar_lightning.predict import predict_probabilities
-from cifar_lightning.sources import CIFAR10_CLASSES, load_split
-
+from cifar_lightning.data.sources import CIFAR10_CLASSES, load_split
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.loading import load_classifier
 
 from serving import SHIPPED_CKPT
 

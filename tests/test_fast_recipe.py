@@ -13,11 +13,12 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader, TensorDataset
 
 from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
-from cifar_lightning.augment import BatchRandomCrop
-from cifar_lightning.calibration import combine_views
-from cifar_lightning.checkpoints import load_classifier
-from cifar_lightning.predict import predict_probabilities
-from cifar_lightning.sources import load_split
+from cifar_lightning.data.augment import BatchRandomCrop
+from cifar_lightning.data.sources import load_split
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.loading import load_classifier
+from cifar_lightning.model.probabilities import combine_views
+
 from cli_runner import run_in_process
 from conftest import REPO, synthetic_images
 

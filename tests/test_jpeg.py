@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from cifar_lightning import CIFAR10DataModule
-from cifar_lightning.errors import ConfigError
-from cifar_lightning.jpeg import reencode_jpeg
 from cifar_lightning.decode import read_image
+from cifar_lightning.errors import ConfigError
+from cifar_lightning.robustness.jpeg import reencode_jpeg
+
 from cli_runner import run_failing
 
 

@@ -92,7 +92,7 @@ def test_nonsense_settings_are_rejected_with_a_clear_message(kwargs, message):
 
 
 def test_fast_cpu_elu_matches_torch_elu_in_value_and_gradient():
-    from cifar_lightning.network import ExpELU
+    from cifar_lightning.model.network import ExpELU
 
     x = torch.cat([torch.randn(10_000) * 5, torch.tensor([0.0, -0.0, 1e-8, -1e-8, 80.0, -80.0])])
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning.checkpoints import load_classifier
-from cifar_lightning.errors import DataSourceError
-from cifar_lightning.prediction_writer import COLUMNS
+from cifar_lightning.data.sources import CIFAR10_CLASSES
 from cifar_lightning.decode import to_rgb32
-from cifar_lightning.predict import predict_images
-from cifar_lightning.sources import CIFAR10_CLASSES
+from cifar_lightning.errors import DataSourceError
+from cifar_lightning.infer.predict import predict_images
+from cifar_lightning.infer.prediction_writer import COLUMNS
+from cifar_lightning.model.loading import load_classifier
+
 from cli_runner import BASE, run_in_process
 from conftest import synthetic_images
 
@@ -131,6 +132,19 @@ def test_predict_images_takes_a_list_of_image_tensors(trained):
     assert [p.class_name for p in predict_images(model, mixed)] == from_paths[:3]
     big = torch.nn.functional.interpolate(tensors[0][None].float(), size=(64, 48))[0] / 255  # resized like a file
     assert predict_images(model, [big])[0].class_name == from_paths[0]
+
+
+def test_a_tensor_of_another_size_is_resized_as_its_file_would_be(tmp_path):
+    """One resize for files, Pillow images and tensors: a (3, H, W) tensor gives the pixels its PNG gives."""
+    from cifar_lightning.decode import read_image
+    from cifar_lightning.infer.predict import to_batch
+
+    pixels = torch.randint(0, 256, (3, 61, 45), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp_path / "photo.png")
+    from_file = read_image(tmp_path / "photo.png")
+    assert torch.equal(to_batch(pixels)[0], from_file) and torch.equal(to_batch([pixels])[0], from_file)
+    assert torch.equal(to_batch(pixels.float() / 255)[0], from_file)  # floats rounded to 8 bits first, like the file
+    assert to_batch(pixels).dtype == torch.uint8
 
 
 def test_to_rgb32_handles_modes_and_sizes():

@@ -8,9 +8,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from cifar_lightning.augment import BatchAugment
 from cifar_lightning.cli import cli_main
-from cifar_lightning.datamodule import CIFAR10DataModule, holdout_split
+from cifar_lightning.data.augment import BatchAugment
+from cifar_lightning.data.datamodule import CIFAR10DataModule, holdout_split
 
 from conftest import REPO, write_image_folder
 

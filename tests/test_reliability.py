@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_lightning.checkpoint_io import AtomicCheckpointIO
 from cifar_lightning.cli import cli_main
+from cifar_lightning.training.checkpoint_io import AtomicCheckpointIO
 
 from cli_runner import STEPS, fit_args, start_fit, subprocess_env
 
@@ -82,7 +82,7 @@ def test_sigkill_while_saving_keeps_the_previous_checkpoint(tmp_path: Path) -> N
     script = textwrap.dedent(
         """
         import os, signal, sys, torch
-        from cifar_lightning.checkpoint_io import AtomicCheckpointIO
+        from cifar_lightning.training.checkpoint_io import AtomicCheckpointIO
 
         io, path = AtomicCheckpointIO(), sys.argv[1]
         io.save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}, "epoch": 1}, path)

@@ -12,14 +12,25 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from cifar_lightning.data.sources import CIFAR10_CLASSES
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.figures import class_examples_figure, curves_figure, sample_per_class
-from cifar_lightning.report import (
-    best_epoch, comparison_figure, find_run_dir, make_report, read_curves, read_history, training_curves,
+from cifar_lightning.report.command import (
+    best_epoch,
+    comparison_figure,
+    find_run_dir,
+    make_report,
+    read_curves,
+    read_history,
+    training_curves,
 )
-from cifar_lightning.sources import CIFAR10_CLASSES
-from conftest import EPOCHS, REPO
+from cifar_lightning.report.figures import (
+    class_examples_figure,
+    curves_figure,
+    sample_per_class,
+)
+
 from cli_runner import run_in_process as run_cli
+from conftest import EPOCHS, REPO
 
 ORIGINAL_HISTORY = REPO / "docs" / "original" / "history.csv"
 

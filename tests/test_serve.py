@@ -25,16 +25,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar_lightning.checkpoints import load_classifier
 from cifar_lightning.cli import main
-from cifar_lightning.predict import predict_images
+from cifar_lightning.infer.predict import predict_images
+from cifar_lightning.model.loading import load_classifier
 
 from conftest import REAL_DATA, REPO, synthetic_images
 from serving import SHIPPED_CKPT, Client, multipart, running_server, tree_rss_mb
 
 pytest.importorskip("litserve", reason="the [serve] extra is not installed: pip install -e '.[dev]'")
 
-from cifar_lightning.serve import MAX_UPLOAD_BYTES, ClassifierAPI  # noqa: E402  (needs litserve)
+from cifar_lightning.serve.server import MAX_UPLOAD_BYTES, ClassifierAPI  # noqa: E402  (needs litserve)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import torch
 
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.header_timeout import protocol_with_header_timeout
+from cifar_lightning.serve.header_timeout import protocol_with_header_timeout
 
 try:
     import litserve as ls
@@ -56,9 +56,16 @@ except ImportError as missing:  # a training-only install
     raise UserInputError(f"serve needs LitServe ({missing.name} is not installed): "
                          "pip install -e '.[serve]' (or '.[dev]').") from None
 
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.decode import (DECODE_ERRORS, IMAGE_SIZE, ImageTooLarge, decode_image_bytes, load_tensor,
-                                    open_header)
+from cifar_lightning.decode import (
+    DECODE_ERRORS,
+    IMAGE_SIZE,
+    ImageTooLarge,
+    decode_image_bytes,
+    load_tensor,
+    open_header,
+)
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import classifier_from_checkpoint
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # the largest image file accepted
 BODY_TIMEOUT = 15.0  # seconds a request body may stall before the request is answered 408
@@ -78,7 +85,7 @@ HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServer.run accepts
 
 def page() -> str:
     """The web page served at ``GET /``."""
-    return resources.files("cifar_lightning").joinpath("web/index.html").read_text(encoding="utf-8")
+    return resources.files("cifar_lightning.serve").joinpath("web/index.html").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -217,22 +224,23 @@ class ClassifierAPI(ls.LitAPI):
     """LitServe API of a checkpoint: a form with an image in, the top 3 classes out, requests batched.
 
     Args:
-        ckpt_path: The checkpoint to serve.
+        checkpoint: The checkpoint to serve: its contents as ``check_checkpoint`` read them (the file
+            is read once, by ``serve``), or a path to read.
         tta_flip: Override the checkpoint's ``tta_flip`` (None keeps it), as ``predict --model.tta_flip`` does.
         max_batch_size: Most requests in one forward pass.
         batch_timeout: Seconds to wait for a batch to fill once its first request has come.
         top_k: Classes in each answer.
     """
 
-    def __init__(self, ckpt_path: str, tta_flip: bool | None = None, max_batch_size: int = 32,
+    def __init__(self, checkpoint: dict | str, tta_flip: bool | None = None, max_batch_size: int = 32,
                  batch_timeout: float = 0.01, top_k: int = TOP_K) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-        self.ckpt_path = str(ckpt_path)
+        self.checkpoint = checkpoint if isinstance(checkpoint, dict) else check_checkpoint(checkpoint)
         self.tta_flip = tta_flip
         self.top_k = top_k
 
     def setup(self, device: str) -> None:
-        self.model = load_classifier(self.ckpt_path, map_location=device)
+        self.model = classifier_from_checkpoint(self.checkpoint, map_location=device)
         if self.tta_flip is not None:
             self.model.hparams.tta_flip = self.tta_flip
         self.device_ = torch.device(device)
@@ -395,12 +403,12 @@ async def json_http_error(request: Request, error: HTTPException) -> JSONRespons
     return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
 
 
-def build_server(ckpt_path: str, max_batch_size: int = 32, batch_timeout: float = 0.01,
+def build_server(checkpoint: dict | str, max_batch_size: int = 32, batch_timeout: float = 0.01,
                  tta_flip: bool | None = None, accelerator: str = "auto", body_timeout: float = BODY_TIMEOUT,
                  api_docs: bool = False, cors_origins: list[str] | None = None) -> ls.LitServer:
     """The ``LitServer``: ``ClassifierAPI`` at ``/predict``, the page at ``/``, errors as JSON; the API
     docs and ``/info`` only with ``api_docs``, cross-origin requests only from ``cors_origins``."""
-    api = ClassifierAPI(ckpt_path, tta_flip=tta_flip, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    api = ClassifierAPI(checkpoint, tta_flip=tta_flip, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
     middlewares: list = [(UploadLimit, {"body_timeout": body_timeout})]
     if cors_origins:
         middlewares.append((CORSMiddleware, {"allow_origins": list(cors_origins), "allow_methods": ["GET", "POST"]}))
@@ -461,7 +469,7 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
         cors_origins: Origins whose pages may call the service from a browser, e.g. https://example.org
             (none: cross-origin requests are not allowed).
     """
-    check_checkpoint(ckpt_path)
+    checkpoint = check_checkpoint(ckpt_path)  # the one read of the file: the worker builds the model from it
     check_port(host, port)
     if max_batch_size < 1 or batch_timeout < 0:
         raise UserInputError(f"--max_batch_size must be at least 1 and --batch_timeout at least 0, "
@@ -469,7 +477,7 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
     if body_timeout <= 0 or header_timeout <= 0 or keep_alive_timeout < 1:
         raise UserInputError(f"--body_timeout and --header_timeout must be above 0 and --keep_alive_timeout at "
                              f"least 1, got {body_timeout}, {header_timeout} and {keep_alive_timeout}.")
-    server = build_server(ckpt_path, max_batch_size, batch_timeout, tta_flip, accelerator, body_timeout, api_docs,
+    server = build_server(checkpoint, max_batch_size, batch_timeout, tta_flip, accelerator, body_timeout, api_docs,
                           cors_origins)
 
     main_pid = os.getpid()

@@ -1,6 +1,7 @@
 """Writing checkpoints: atomically, so a kill never leaves half a file, and with the random
-generators' states, so a resumed run draws the numbers an uninterrupted one would. Reading and
-checking them is ``checkpoints.py``.
+generators' states, so a resumed run draws the numbers an uninterrupted one would: the two
+checkpoint helpers the CLI adds to every run. Reading and checking checkpoints is
+``model/checkpoints.py``; the atomic write itself is ``atomic.py``.
 
 Atomic writes:
 Lightning's own save (``lightning.fabric.utilities.cloud_io._atomic_save``) writes the file in the
@@ -8,14 +9,13 @@ system temp folder and then moves it into place. That move is a rename only when
 and the checkpoint folder share a file system; otherwise (a tmpfs ``/tmp``, checkpoints on a
 network disk) it is a copy straight into ``last.ckpt``, and a process killed during the copy
 leaves a truncated ``last.ckpt``. Writing beside the target and renaming makes the final step a
-single ``os.replace`` on one file system wherever the checkpoints live.
+single ``os.replace`` on one file system wherever the checkpoints live (``atomic.save_atomically``).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +23,35 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cifar_lightning.errors import UserInputError
-
-
-def save_atomically(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``.<name>.<pid>.tmp`` beside ``path``, fsync, rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from cifar_lightning.atomic import save_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that writes ``.<name>.<pid>.tmp`` in the checkpoint folder, syncs it and renames it."""
+    """``TorchCheckpointIO`` that writes ``.<name>.<pid>.tmp`` in the checkpoint folder, syncs it and renames it.
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    Args:
+        preloaded: ``{path: contents}`` of checkpoints already read (the CLI's ``--ckpt_path``, read
+            once to check it): loading one of those paths returns its contents, once, instead of
+            reading the file again.
+    """
+
+    def __init__(self, preloaded: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.preloaded = {local_key(path): contents for path, contents in (preloaded or {}).items()}
+
+    def load_checkpoint(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        contents = self.preloaded.pop(local_key(path), None) if isinstance(get_filesystem(path), LocalFileSystem) else None
+        return contents if contents is not None else super().load_checkpoint(path, *args, **kwargs)
+
+
+def local_key(path: str | os.PathLike) -> str:
+    """One spelling of a local path, whichever way it was written."""
+    return str(Path(path).expanduser().resolve())
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         if not isinstance(get_filesystem(path), LocalFileSystem):
             # Object stores (s3://, gs://) replace an object in one step already.
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -86,25 +89,3 @@ class RNGStateCheckpoint(Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         version, internal, gauss = state_dict["python"]
         random.setstate((version, tuple(internal), gauss))
-
-
-def check_output_file(output: str | os.PathLike, what: str, example: str) -> Path:
-    """``output`` as a path if a file can be written there; else a ``UserInputError`` saying why.
-
-    ``what`` names the file in the message ("the ONNX file"), ``example`` is a file name to suggest.
-    """
-    path = Path(output).expanduser()
-    if path.is_dir():
-        raise UserInputError(f"Cannot write {what} to {path.resolve()}: it is a folder. Pass a file name, "
-                             f"e.g. --output {example}.")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UserInputError(f"Cannot write {what} to {path.resolve()}: the folder {folder.resolve()} does "
-                             "not exist. Create it or pass another --output.")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise UserInputError(f"Cannot write {what} to {path.resolve()} ({error.strerror or error}). "
-                             "Pass an --output in a folder you can write to.") from None
-    return path

@@ -3,8 +3,8 @@ traceback, and check that it fits the model and data of this run.
 
 Lightning reports a wrong file as ``UnpicklingError``, as a list of missing and unexpected
 state-dict keys, or (a class count that differs from the data's) as a label out of range deep in
-a traceback; these checks say which file is wrong and what to pass. Writing checkpoints is
-``checkpoint_io.py``.
+a traceback; these checks say which file is wrong and what to pass. Building a model from a
+checkpoint is ``loading.py``; writing checkpoints is ``training/checkpoint_io.py``.
 """
 
 from __future__ import annotations
@@ -12,15 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from cifar_lightning.errors import CheckpointError
-from cifar_lightning.network import KerasCIFAR10CNN
-
-if TYPE_CHECKING:  # the LightningModule imports this module, so it is imported where it is used
-    from cifar_lightning.module import CIFAR10Classifier
+from cifar_lightning.model.network import KerasCIFAR10CNN
 
 HINT = "Pass a .ckpt file written by `python -m cifar_lightning fit` (in its checkpoints/ folder)."
 TO_START_AGAIN = "or leave out --ckpt_path to start from scratch."
@@ -86,12 +82,3 @@ def check_class_count(model_classes: int, data_classes: int, source: str) -> Non
 
 def first(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def load_classifier(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CIFAR10Classifier:
-    """A trained ``CIFAR10Classifier`` from a checkpoint, in eval mode, after ``check_checkpoint``."""
-    from cifar_lightning.module import CIFAR10Classifier
-
-    check_checkpoint(path)
-    model = CIFAR10Classifier.load_from_checkpoint(Path(path).expanduser(), map_location=map_location)
-    return model.eval()

@@ -12,12 +12,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from cifar_lightning.calibration import ECE_BINS, combine_views, is_valid_temperature
-from cifar_lightning.checkpoints import check_compatible
+from cifar_lightning.data.sources import CIFAR10_CLASSES
 from cifar_lightning.decode import to_unit_float
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.network import KerasCIFAR10CNN, fold_batchnorm
-from cifar_lightning.sources import CIFAR10_CLASSES
+from cifar_lightning.model.checkpoints import check_compatible
+from cifar_lightning.model.network import KerasCIFAR10CNN, fold_batchnorm
+from cifar_lightning.model.probabilities import (
+    ECE_BINS,
+    combine_views,
+    is_valid_temperature,
+)
 
 # Per-channel mean and std of the CIFAR-10 training images in [0, 1].
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -147,7 +151,7 @@ class CIFAR10Classifier(L.LightningModule):
     def predict_log_proba(self, images: Tensor, net: torch.nn.Module | None = None,
                           temperature: float | None = None) -> Tensor:
         """Log class probabilities (B, num_classes): ``view_logits`` divided by the temperature (the
-        model's unless given), softmax, averaged over the views (``calibration.combine_views``)."""
+        model's unless given), softmax, averaged over the views (``probabilities.combine_views``)."""
         temperature = self.hparams.temperature if temperature is None else temperature
         return combine_views(self.view_logits(images, net), temperature)
 
@@ -164,8 +168,8 @@ class CIFAR10Classifier(L.LightningModule):
         return self.predict_log_proba(images, self.inference_net(), temperature).exp()
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
-        """Loss, accuracy and their logging; returns the loss and, when evaluating, the log-probabilities
-        (callbacks reuse them). Evaluation scores what ``predict_proba`` gives (temperature and flip
+        """Loss, accuracy and their logging; returns the loss and, when evaluating, ``log_probs``: the log
+        class probabilities ``predict_proba`` gives (callbacks reuse them). Evaluation scores what ``predict_proba`` gives (temperature and flip
         average included): ``loss`` and ``nll`` are then the same number, ``ece`` the calibration error."""
         images, labels = batch
         if stage == "train":
@@ -185,7 +189,7 @@ class CIFAR10Classifier(L.LightningModule):
             ece(scores.exp(), labels)
             self.log(f"{stage}/nll", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(labels))
             self.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
-        return {"loss": loss, "logits": scores.detach()}
+        return {"loss": loss} if stage == "train" else {"loss": loss, "log_probs": scores.detach()}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._shared_step(batch, "train")

@@ -11,12 +11,17 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cifar_lightning.augment import BatchAugment
-from cifar_lightning.corruptions import check_corruption, corrupt
+from cifar_lightning.data.augment import BatchAugment
+from cifar_lightning.data.folders import read_predict_folder
+from cifar_lightning.data.sources import (
+    CIFAR10_CLASSES,
+    Split,
+    download_if_missing,
+    load_split,
+)
 from cifar_lightning.errors import ConfigError, DataSourceError
-from cifar_lightning.jpeg import check_jpeg_quality, reencode_jpeg
-from cifar_lightning.predict import read_predict_folder
-from cifar_lightning.sources import CIFAR10_CLASSES, Split, download_if_missing, load_split
+from cifar_lightning.robustness.corruptions import check_corruption, corrupt
+from cifar_lightning.robustness.jpeg import check_jpeg_quality, reencode_jpeg
 
 
 class InMemoryImages(Dataset):

@@ -1,8 +1,6 @@
-"""The pictures: matplotlib figures shared by the ``report`` command and ``TensorBoardFigures``,
-the callback that logs validation predictions each epoch and the test confusion matrix and
-reliability diagram to TensorBoard (kept cheap: one grid of ``num_images`` validation images per
-epoch, one extra forward pass and about a second of matplotlib; at test, the log-probabilities
-``test_step`` returns feed a torchmetrics confusion matrix and the reliability bins).
+"""The pictures: matplotlib figures shared by the ``report`` command and ``TensorBoardFigures``
+(``tensorboard_figures.py``, the callback that logs them during training). The reliability diagram
+is calibration's (``calibration/reliability.py``).
 
 Built on ``matplotlib.figure.Figure`` (no pyplot), so nothing depends on a display or a global
 backend and figures are freed when dropped. Images are uint8 (N, 3, 32, 32) as the data module gives them.
@@ -11,18 +9,12 @@ backend and figures are freed when dropped. Images are uint8 (N, 3, 32, 32) as t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
-from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.utilities.plot import plot_confusion_matrix
-
-from cifar_lightning.calibration import reliability_bins
 
 WRONG = "tab:red"
 RIGHT = "tab:green"
@@ -188,34 +180,6 @@ def confusion_matrix_figure(confmat: Tensor, class_names: Sequence[str], title: 
     return fig
 
 
-def reliability_figure(panels: dict[str, tuple[Tensor, Tensor]], title: str = "Reliability") -> Figure:
-    """Reliability diagrams side by side: for each ``{label: (probabilities (N, C), labels (N,))}``, the
-    accuracy of every top-1 confidence bin against its mean confidence (on the diagonal: calibrated;
-    below it: overconfident), and under it how many images fall in each bin."""
-    fig = Figure(figsize=(4.6 * len(panels), 6.2), layout="constrained")
-    axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=(3, 1.3), sharex=True)
-    for column, (label, (probs, targets)) in enumerate(panels.items()):
-        bins = reliability_bins(probs.cpu(), targets.cpu())
-        top, bottom = axes[0][column], axes[1][column]
-        left, width = bins.edges[:-1].numpy(), float(bins.edges[1] - bins.edges[0])
-        accuracy = bins.accuracy.nan_to_num(0).numpy()
-        confidence = bins.confidence.nan_to_num(0).numpy()
-        top.bar(left, accuracy, width=width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
-        top.bar(left, confidence - accuracy, bottom=accuracy, width=width, align="edge", color="tab:red",
-                alpha=0.3, edgecolor="tab:red", label="gap to confidence")
-        top.plot([0, 1], [0, 1], color="tab:gray", linestyle="--", label="calibrated")
-        accuracy_all = float((bins.accuracy.nan_to_num(0) * bins.counts).sum() / bins.counts.sum())
-        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy in the bin",
-                title=f"{label}\nECE {bins.ece:.2%}, accuracy {accuracy_all:.2%}")
-        top.grid(alpha=0.3)
-        bottom.bar(left, bins.counts.numpy(), width=width, align="edge", color="tab:gray", edgecolor="white")
-        bottom.set(xlabel="top-1 confidence (the printed probability)", ylabel="images", yscale="log")
-        bottom.grid(alpha=0.3)
-    axes[0][0].legend(loc="upper left", fontsize=8)
-    fig.suptitle(title)
-    return fig
-
-
 def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str], overall: float) -> Figure:
     """Horizontal bars of per-class accuracy, the overall accuracy as a line."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
@@ -229,80 +193,3 @@ def per_class_accuracy_figure(accuracy: Tensor, class_names: Sequence[str], over
            title="Per-class accuracy on the test split")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     return fig
-
-
-def tensorboard(trainer: L.Trainer):
-    """The TensorBoard ``SummaryWriter`` of the trainer's loggers, or None."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
-class TensorBoardFigures(L.Callback):
-    """Logs ``val/predictions`` (a grid with predicted and true classes), ``test/confusion_matrix`` and
-    ``test/reliability`` (the reliability diagram of the probabilities ``predict_proba`` gives).
-
-    Args:
-        num_images: Validation images in the grid (spread over the whole set, the same every epoch).
-        columns: Images per row of the grid.
-    """
-
-    def __init__(self, num_images: int = 32, columns: int = 8) -> None:
-        super().__init__()
-        self.num_images, self.columns = num_images, columns
-        self.images = self.labels = None
-        self.picked: list[tuple] = []
-        self.confmat: MulticlassConfusionMatrix | None = None
-        self.test_outputs: list[tuple[Tensor, Tensor]] = []
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.images is not None or trainer.sanity_checking or dataloader_idx != 0:
-            return
-        # Evenly spaced picks from every batch: a validation set sorted by class still shows every class.
-        per_batch = -(-self.num_images // max(1, int(trainer.num_val_batches[0])))
-        images, labels = batch[:2]
-        pick = torch.linspace(0, len(labels) - 1, min(per_batch, len(labels))).long().to(labels.device)
-        self.picked.append((images[pick].detach().cpu(), labels[pick].detach().cpu()))
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        if self.images is None and self.picked:  # the same images every epoch, chosen in the first
-            self.images = torch.cat([images for images, _ in self.picked])[: self.num_images]
-            self.labels = torch.cat([labels for _, labels in self.picked])[: self.num_images]
-            self.picked = []
-        writer = tensorboard(trainer)
-        if writer is None or self.images is None:
-            return
-        with torch.no_grad():
-            probabilities = pl_module.predict_proba(self.images.to(pl_module.device))
-        fig = predictions_figure(self.images, probabilities.cpu(), self.labels, pl_module.class_names,
-                                 self.columns, title=f"Validation, epoch {trainer.current_epoch}")
-        writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.confmat = MulticlassConfusionMatrix(len(pl_module.class_names)).to(pl_module.device)
-        self.test_outputs = []
-
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                          batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.confmat.update(outputs["logits"].argmax(dim=-1), batch[1])
-        self.test_outputs.append((outputs["logits"].float().exp(), batch[1]))
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        confmat = self.confmat.compute()  # synced across processes
-        writer = tensorboard(trainer)
-        if writer is not None and trainer.is_global_zero:
-            fig = confusion_matrix_figure(confmat, pl_module.class_names, "Confusion matrix, test split")
-            writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
-        if self.test_outputs:
-            probs = pl_module.all_gather(torch.cat([p for p, _ in self.test_outputs])).flatten(0, -2)
-            labels = pl_module.all_gather(torch.cat([t for _, t in self.test_outputs])).flatten()
-            if writer is not None and trainer.is_global_zero:
-                temperature = pl_module.hparams.get("temperature", 1.0)
-                fig = reliability_figure({f"test split, temperature {temperature:.3f}": (probs, labels)},
-                                         "Reliability of the predicted probabilities")
-                writer.add_figure("test/reliability", fig, global_step=trainer.global_step)
-        self.confmat, self.test_outputs = None, []

@@ -10,171 +10,40 @@ run's per-epoch log, ``docs/original/history.csv``).
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
-
-from cifar_lightning.calibration import ECE_BINS
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.errors import UserInputError
-from cifar_lightning.figures import (
-    best_point, class_examples_figure, confusion_matrix_figure, curves_figure, per_class_accuracy_figure,
-    predictions_figure, reliability_figure, validation_comparison_figure,
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
 )
-from cifar_lightning.predict import predict_probabilities
-from cifar_lightning.sources import load_split
 
-CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
-# What marks the log of a `fit` run: `test`, `validate` and `predict` runs and failed starts lack one or both.
-TRAINING_TAGS = ("train/loss",)  # val/acc too unless the run held nothing out (data.val_size 0)
-# Columns of a Keras History saved as CSV (docs/original/history.csv): epochs counted from 1.
-HISTORY_COLUMNS = ("epoch", "val_accuracy")
-
-Curves = dict[str, tuple[list[int], list[float]]]
-
-
-def run_started(run_dir: Path) -> float:
-    """When a run began logging: the Unix time in its event files' names (``events.out.tfevents.<time>.<host>...``),
-    which survives copying a log elsewhere, unlike the files' modification times."""
-    times = []
-    for path in run_dir.glob("events.out.tfevents.*"):
-        try:
-            times.append(float(path.name.split(".")[3]))
-        except (IndexError, ValueError):
-            times.append(path.stat().st_mtime)
-    return min(times)
-
-
-def find_run_dirs(log_dir: str | Path) -> list[Path]:
-    """The folders with event files under ``log_dir`` (itself included), newest first."""
-    root = Path(log_dir).expanduser()
-    runs = {path.parent for path in root.rglob("events.out.tfevents.*")}
-    if not runs:
-        raise UserInputError(f"No TensorBoard event files under {root}. Pass --log_dir the logger's folder "
-                             "(e.g. lightning_logs/base) or one run in it (e.g. lightning_logs/base/version_0).")
-    return sorted(runs, key=lambda run: (run_started(run), str(run)), reverse=True)
-
-
-def scalar_curves(run_dir: str | Path) -> Curves:
-    """Per-epoch ``train/*`` and ``val/*`` scalars of one run as {tag: (epochs, values)}; {} if it has none.
-
-    Lightning logs an ``epoch`` scalar at every step it logs, which maps steps to epochs.
-    """
-    # SCALARS 0: keep every point. Pictures are not drawn from, so keep one of each.
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0, IMAGES: 1}).Reload()
-    tags = set(events.Tags()["scalars"])
-    step_epoch = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in tags else {}
-    curves = {}
-    for tag in CURVE_TAGS:
-        if tag in tags:
-            points = events.Scalars(tag)
-            curves[tag] = ([step_epoch.get(e.step, i) for i, e in enumerate(points)], [e.value for e in points])
-    return curves
-
-
-def read_curves(run_dir: str | Path) -> Curves:
-    """``scalar_curves`` of a run that has some, else a ``UserInputError``."""
-    curves = scalar_curves(run_dir)
-    if not curves:
-        raise UserInputError(f"The event files in {run_dir} hold none of {', '.join(CURVE_TAGS)}; "
-                             "is this the log of a `fit` run?")
-    return curves
-
-
-def _epochs(curves: Curves) -> list[int]:
-    return [epoch for epochs, _ in curves.values() for epoch in epochs]
-
-
-def find_training_runs(log_dir: str | Path) -> list[tuple[Path, Curves]]:
-    """The newest ``fit`` under ``log_dir`` as [(run folder, its curves)], oldest first.
-
-    Runs without ``train/loss`` are passed over: a ``test``, ``validate`` or
-    ``predict`` command or a failed start can leave a newer ``version_N`` without them. A fit
-    resumed with ``--ckpt_path last`` logs into a new folder from its checkpoint's epoch on, so
-    the older runs whose epochs lead up to its first are returned before it.
-    """
-    runs = find_run_dirs(log_dir)
-    training = []
-    for run in runs:
-        curves = scalar_curves(run)
-        if set(TRAINING_TAGS) <= set(curves):
-            training.append((run, curves))
-    if not training:
-        raise UserInputError(
-            f"None of the {len(runs)} runs with event files under {Path(log_dir).expanduser()} holds "
-            f"{' and '.join(TRAINING_TAGS)}: pass --log_dir the TensorBoard folder of a `fit` run."
-        )
-    chain = [training[0]]
-    for run, curves in training[1:]:
-        first, epochs = min(_epochs(chain[0][1])), _epochs(curves)
-        if first == 0 or min(epochs) >= first or max(epochs) < first - 1:
-            break  # the newest run starts at 0, or this one does not lead up to it
-        chain.insert(0, (run, curves))
-    return chain
-
-
-def find_run_dir(log_dir: str | Path) -> Path:
-    """The newest run under ``log_dir`` that logged training (``TRAINING_TAGS``)."""
-    return find_training_runs(log_dir)[-1][0]
-
-
-def merge_curves(parts: list[Curves]) -> Curves:
-    """One run's curves from the curves of its parts, oldest first; where a resumed part repeats
-    epochs of the one before it (resumed mid-epoch), the resumed part's values count."""
-    merged: Curves = {}
-    for i, curves in enumerate(parts):
-        until = min(_epochs(parts[i + 1])) if i + 1 < len(parts) else math.inf
-        for tag, (epochs, values) in curves.items():
-            kept = [(epoch, value) for epoch, value in zip(epochs, values) if epoch < until]
-            merged.setdefault(tag, ([], []))
-            merged[tag][0].extend(epoch for epoch, _ in kept)
-            merged[tag][1].extend(value for _, value in kept)
-    return merged
-
-
-def training_curves(log_dir: str | Path) -> tuple[Curves, Path, str]:
-    """The curves of the newest ``fit`` under ``log_dir``, its (newest) run folder, and a line saying
-    which run(s) they come from."""
-    chain = find_training_runs(log_dir)
-    curves = merge_curves([part for _, part in chain])
-    newest = chain[-1][0]
-    skipped = [run for run in find_run_dirs(log_dir) if run_started(run) > run_started(newest)]
-    line = f"Training curves from {newest}"
-    if len(chain) > 1:
-        earlier = ", ".join(f"{run} (epochs {min(_epochs(c))}-{max(_epochs(c))})" for run, c in chain[:-1])
-        line += f", resumed from {earlier}"
-    if skipped:
-        line += (f"; passed over {len(skipped)} newer run(s) without {' and '.join(TRAINING_TAGS)}: "
-                 + ", ".join(run.name for run in skipped))
-    return curves, newest, line
-
-
-def best_epoch(curves: Curves) -> int | None:
-    """The epoch ModelCheckpoint keeps: the first with the highest ``val/acc``."""
-    return best_point(*curves["val/acc"])[0] if "val/acc" in curves else None
-
-
-def read_history(path: str | Path) -> tuple[list[int], list[float]]:
-    """(epochs counted from 1, validation accuracies) from a Keras ``History`` saved as CSV."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserInputError(f"No history file at {path}. Pass --compare_history a CSV with the columns "
-                             f"{', '.join(HISTORY_COLUMNS)} (e.g. docs/original/history.csv).")
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    if not rows or not set(HISTORY_COLUMNS) <= set(rows[0]):
-        raise UserInputError(f"{path} lacks the columns {', '.join(HISTORY_COLUMNS)} (one row per epoch, "
-                             "epochs counted from 1, as Keras' History holds them).")
-    try:
-        return [int(row["epoch"]) for row in rows], [float(row["val_accuracy"]) for row in rows]
-    except (TypeError, ValueError) as error:
-        raise UserInputError(f"{path}: a row that is not an epoch number and an accuracy ({error}).") from None
+from cifar_lightning.calibration.reliability import reliability_figure
+from cifar_lightning.data.sources import load_split
+from cifar_lightning.errors import UserInputError
+from cifar_lightning.infer.predict import predict_probabilities
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import classifier_from_checkpoint
+from cifar_lightning.model.probabilities import ECE_BINS
+from cifar_lightning.report.figures import (
+    best_point,
+    class_examples_figure,
+    confusion_matrix_figure,
+    curves_figure,
+    per_class_accuracy_figure,
+    predictions_figure,
+    validation_comparison_figure,
+)
+from cifar_lightning.report.runs import (
+    Curves,
+    best_epoch,
+    epochs_of,
+    read_history,
+    training_curves,
+)
 
 
 def comparison_figure(curves: Curves, run: str, history: tuple[list[int], list[float]], history_path: str) -> Figure:
@@ -252,7 +121,7 @@ def make_report(
     if curves is not None:
         print(run_line)
         # Mark the checkpoint's epoch only where it was saved during the run (not after it, as on_fit_end saves do).
-        checkpoint_epoch = checkpoint.get("epoch") if checkpoint.get("epoch") in set(_epochs(curves)) else None
+        checkpoint_epoch = checkpoint.get("epoch") if checkpoint.get("epoch") in set(epochs_of(curves)) else None
         fig = curves_figure(curves, best_epoch(curves), checkpoint_epoch)
         fig.suptitle(f"Training curves of {run}", fontsize=9)
         written["curves"] = save(fig, out_dir / "training_curves.png")
@@ -264,20 +133,21 @@ def make_report(
         written["comparison"] = save(fig, out_dir / "val_acc_vs_original.png")
         ours, theirs = best_point(*curves["val/acc"]), best_point(*history)
         print(f"Best val/acc: ours {ours[1]:.4f} at epoch {ours[0] + 1} (Lightning's epoch {ours[0]}) of "
-              f"{max(_epochs(curves)) + 1}; {compare_history}: {theirs[1]:.4f} at epoch {theirs[0]} of {max(history[0])}")
+              f"{max(epochs_of(curves)) + 1}; {compare_history}: {theirs[1]:.4f} at epoch {theirs[0]} of {max(history[0])}")
     if ckpt_path is not None:
-        written.update(model_pictures(ckpt_path, out_dir, data_dir, cache_dir, examples_per_class, num_predictions,
+        written.update(model_pictures(checkpoint, ckpt_path, out_dir, data_dir, cache_dir, examples_per_class, num_predictions,
                                       seed, batch_size, device))
     print("Wrote:\n  " + "\n  ".join(str(p) for p in written.values()))
     return written
 
 
-def model_pictures(ckpt_path: str, out_dir: Path, data_dir: str, cache_dir: str | None, examples_per_class: int,
+def model_pictures(checkpoint: dict, ckpt_path: str, out_dir: Path, data_dir: str, cache_dir: str | None, examples_per_class: int,
                    num_predictions: int, seed: int, batch_size: int, device: str) -> dict[str, Path]:
-    """The pictures of a checkpoint's predictions on the test split, and the per-class table."""
+    """The pictures of a checkpoint's predictions on the test split (its contents, as ``check_checkpoint``
+    read them), and the per-class table."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_classifier(ckpt_path, map_location=device)
+    model = classifier_from_checkpoint(checkpoint, map_location=device)
     names = list(model.class_names)
     test = load_split(data_dir, train=False, cache_dir=cache_dir)
     written = {"examples": save(class_examples_figure(test.images, test.labels, names, examples_per_class, seed),

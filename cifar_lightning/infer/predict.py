@@ -1,11 +1,10 @@
-"""Predicting from images people bring: any file or folder, any format Pillow reads, any size or
-colour mode (decoded by ``decode.py``, as the HTTP service decodes an upload), for the ``predict``
-CLI (``read_predict_folder``, where unreadable files are skipped and named, unlike training data)
-and ``predict_images`` in Python. Paths, Pillow images or tensors in, class names and calibrated
+"""Predicting from images people bring in Python: any file, any format Pillow reads, any size or
+colour mode (decoded by ``decode.py``, as the HTTP service decodes an upload and the ``predict`` CLI
+reads a folder, ``data/folders.py``). Paths, Pillow images or tensors in, class names and calibrated
 probabilities (``CIFAR10Classifier.predict_proba``) out:
 
-    from cifar_lightning.checkpoints import load_classifier
-    from cifar_lightning.predict import predict_images
+    from cifar_lightning.model.loading import load_classifier
+    from cifar_lightning.infer.predict import predict_images
 
     model = load_classifier("checkpoints/cifar10_cnn.ckpt")  # or CIFAR10Classifier.load_from_checkpoint(...)
     for p in predict_images(model, ["cat.jpg", "ship.png"]):
@@ -16,60 +15,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from cifar_lightning.decode import DECODE_ERRORS, IMAGE_SIZE, image_to_tensor, read_image, to_unit_float
+from cifar_lightning.decode import (
+    DECODE_ERRORS,
+    IMAGE_SIZE,
+    image_to_tensor,
+    read_image,
+    tensor_to_32,
+    to_unit_float,
+)
 from cifar_lightning.errors import DataSourceError
 
-if TYPE_CHECKING:  # the data module imports this module; the model is only a type here
-    from cifar_lightning.module import CIFAR10Classifier
-
-
-@dataclass(frozen=True)
-class ImageFolder:
-    """Decoded images of a predict folder, with what was skipped and why."""
-
-    images: Tensor  # (N, 3, 32, 32) uint8
-    paths: list[str]  # the N files, in the order of ``images``
-    labels: Tensor  # (N,) int64: class index from the parent folder's name, -1 where it names no class
-    skipped: list[str] = field(default_factory=list)  # "path (reason)" for files that are not images
-
-
-def read_predict_folder(folder: str | os.PathLike, class_names: list[str] | tuple[str, ...]) -> ImageFolder:
-    """Every file under ``folder`` (nested or flat), sorted; bad files are skipped and reported.
-
-    Labels come from the parent folder's name when it is one of ``class_names`` (so
-    ``test/cat/0001.png`` is known to be a cat), which lets the CSV and the CLI report accuracy.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataSourceError(f"The predict folder {root} does not exist or is not a folder. "
-                              "Pass --data.predict_dir a folder of images.")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise DataSourceError(f"The predict folder {root} holds no files. Put images in it (PNG, JPEG, ...).")
-    index = {name: i for i, name in enumerate(class_names)}
-    images, paths, labels, skipped = [], [], [], []
-    for path in files:
-        try:
-            images.append(read_image(path))
-        except DECODE_ERRORS as error:
-            skipped.append(f"{path} ({type(error).__name__}: {error})")
-            continue
-        paths.append(str(path))
-        labels.append(index.get(path.parent.name, -1) if path.parent != root else -1)
-    if not images:
-        raise DataSourceError(
-            f"None of the {len(files)} files in {root} is an image Pillow can read, e.g. {skipped[0]}."
-        )
-    return ImageFolder(torch.stack(images), paths, torch.tensor(labels, dtype=torch.int64), skipped)
+if TYPE_CHECKING:  # the model is only a type here: any object with predict_proba and class_names works
+    from cifar_lightning.model.classifier import CIFAR10Classifier
 
 
 ImageInput = str | os.PathLike | Image.Image
@@ -95,8 +59,8 @@ def to_batch(images: Tensor | Sequence[ImageInput | Tensor]) -> Tensor:
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise ValueError(f"Expected images of shape (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}.")
-        if batch.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            batch = F.interpolate(to_unit_float(batch).float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True)
+        if batch.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):  # resized as a file is: Pillow, bicubic, to uint8
+            batch = torch.stack([tensor_to_32(image) for image in batch])
         return batch
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]

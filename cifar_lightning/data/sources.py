@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from PIL import Image
 from torch import Tensor
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchvision.datasets import CIFAR10
 from tqdm import tqdm
 
-from cifar_lightning.checkpoint_io import save_atomically
+from cifar_lightning.atomic import save_atomically
 from cifar_lightning.decode import DECODE_ERRORS, IMAGE_SIZE, to_rgb
 from cifar_lightning.errors import DataSourceError
 

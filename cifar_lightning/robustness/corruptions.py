@@ -25,7 +25,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from cifar_lightning.errors import ConfigError
-from cifar_lightning.jpeg import reencode_jpeg
+from cifar_lightning.robustness.jpeg import reencode_jpeg
 
 # Severity 1-5 parameters, from the authors' script for CIFAR-10.
 GAUSSIAN_NOISE_SIGMA = (0.04, 0.06, 0.08, 0.09, 0.10)

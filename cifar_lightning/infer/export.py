@@ -19,18 +19,16 @@ Made with ``torch.onnx.export(..., dynamo=True)`` (TorchScript export is depreca
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from cifar_lightning.checkpoint_io import check_output_file
-from cifar_lightning.checkpoints import load_classifier
+from cifar_lightning.atomic import check_output_file, write_atomically
 from cifar_lightning.decode import IMAGE_SIZE
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.module import CIFAR10Classifier
+from cifar_lightning.model.classifier import CIFAR10Classifier
+from cifar_lightning.model.loading import load_classifier
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -99,18 +97,11 @@ def export_onnx(ckpt_path: str, output: str = "model.onnx", tta_flip: bool | Non
     path = check_output_file(output, "the ONNX file", "model.onnx")
     model = load_classifier(ckpt_path)
     program = to_onnx_program(model, tta_flip)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
     try:
-        program.save(partial, external_data=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o666 & ~umask)  # mkstemp made it private (0600); a model file is for everyone
-        os.replace(partial, path)
+        # A model file is for everyone: 0666 before the umask, as open() would make it.
+        write_atomically(path, lambda file: file.write(program.model_proto.SerializeToString()), mode=0o666)
     except OSError as error:
         raise ExportError(f"Cannot write the ONNX file to {path.resolve()} ({error.strerror or error}).") from None
-    finally:
-        Path(partial).unlink(missing_ok=True)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.1f} MB): input {INPUT_NAME} uint8 (N, 3, {IMAGE_SIZE}, "
           f"{IMAGE_SIZE}), output {OUTPUT_NAME} (N, {len(model.class_names)}); tta_flip "
           f"{program.model.metadata_props['tta_flip']}, temperature {program.model.metadata_props['temperature']}.")

@@ -6,69 +6,26 @@ out; this is for checkpoints that were trained before, or on every training imag
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 
-from cifar_lightning.calibration import calibrate_logits, collect_view_logits, is_valid_temperature, write_temperature
-from cifar_lightning.checkpoint_io import check_output_file
-from cifar_lightning.checkpoints import check_checkpoint, load_classifier
-from cifar_lightning.datamodule import CIFAR10DataModule
+from cifar_lightning.atomic import check_output_file
+from cifar_lightning.calibration.checkpoint_file import write_temperature
+from cifar_lightning.calibration.holdout import (
+    check_never_trained_on,
+    config_data,
+    holdout_batches,
+)
+from cifar_lightning.calibration.temperature import (
+    calibrate_logits,
+    collect_view_logits,
+)
+from cifar_lightning.data.folders import read_predict_folder
 from cifar_lightning.errors import ConfigError, UserInputError
-from cifar_lightning.predict import read_predict_folder
-
-DATAMODULE_KEY = CIFAR10DataModule.CHECKPOINT_HYPER_PARAMS_KEY  # "datamodule_hyper_parameters"
-
-
-def config_data(config: str | None) -> dict[str, Any]:
-    """The ``data:`` section of a ``fit`` config (YAML), or {} without a config."""
-    if config is None:
-        return {}
-    path = Path(config).expanduser()
-    if not path.is_file():
-        raise UserInputError(f"No config file at {path}. Pass --fit_config a fit config, e.g. configs/base.yaml.")
-    try:
-        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-    except (yaml.YAMLError, AttributeError) as error:
-        raise UserInputError(f"{path} is not a YAML config with a data section ({type(error).__name__}).") from None
-    return data.get("init_args", data) if isinstance(data, dict) else {}
-
-
-def check_never_trained_on(checkpoint: dict, val_size: int, seed: int, ckpt_path: str) -> None:
-    """Refuse a hold-out the checkpoint trained on, where the checkpoint records its data settings
-    (checkpoints written by ``fit`` do; stripped ones may not)."""
-    trained = checkpoint.get(DATAMODULE_KEY) or {}
-    if "val_size" not in trained:
-        return
-    if trained["val_size"] == 0:
-        raise UserInputError(
-            f"{ckpt_path} was trained on every training image (data.val_size 0), so no hold-out of the "
-            "training split is unseen by it. Pass --image_dir a folder of labelled images it never saw, "
-            "or --temperature fitted on a run of the same recipe that held images out."
-        )
-    if (trained["val_size"], trained.get("seed", 0)) != (val_size, seed):
-        raise UserInputError(
-            f"{ckpt_path} held out data.val_size {trained['val_size']} with data.seed {trained.get('seed', 0)}, "
-            f"not val_size {val_size} with seed {seed}: another hold-out would include images it trained on. "
-            f"Pass --val_size {trained['val_size']} --seed {trained.get('seed', 0)} (or --fit_config, the config it was trained with)."
-        )
-
-
-def holdout_batches(data: dict[str, Any], data_dir: str | None, val_size: int, seed: int,
-                    cache_dir: str | None) -> Iterable:
-    """Batches of the hold-out of the training split, as ``fit`` holds it out."""
-    if val_size <= 0:
-        raise ConfigError(f"val_size {val_size} holds out no images to fit a temperature on: pass --val_size "
-                          "(the images the checkpoint was not trained on), or --image_dir.")
-    datamodule = CIFAR10DataModule(
-        data_dir=data_dir or data.get("data_dir", "data"), download=False, val_size=val_size, seed=seed,
-        augment=None, cache_dir=data.get("cache_dir", cache_dir),
-    )
-    datamodule.setup("validate")  # the training split only: the test split is never read
-    return datamodule.val_dataloader()
+from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.loading import classifier_from_checkpoint
+from cifar_lightning.model.probabilities import is_valid_temperature
 
 
 def calibrate(
@@ -127,7 +84,7 @@ def calibrate(
                                  "--data_dir, --val_size, --seed and --image_dir, or leave out --temperature.")
         if not is_valid_temperature(temperature):
             raise ConfigError(f"--temperature must be a finite number greater than 0, got {temperature}.")
-        write_temperature(ckpt_path, out, temperature, {"temperature": float(temperature),
+        write_temperature(checkpoint, out, temperature, {"temperature": float(temperature),
                                                          "fitted_on": "given to calibrate --temperature"}, tta_flip)
         print(f"Wrote {out} with temperature {temperature:.4f} (given, not fitted).")
         return out
@@ -135,7 +92,7 @@ def calibrate(
         raise UserInputError("Pass either --image_dir or a hold-out (--fit_config, --data_dir, --val_size, --seed), not both.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_classifier(ckpt_path, map_location=device)
+    model = classifier_from_checkpoint(checkpoint, map_location=device)
     if tta_flip is not None:
         model.hparams.tta_flip = tta_flip
     if image_dir is not None:
@@ -149,13 +106,13 @@ def calibrate(
         fitted_on = f"{int(known.sum())} labelled images of {Path(image_dir).name}/"
     else:
         data = config_data(fit_config)
-        val_size = int(data.get("val_size", 10000) if val_size is None else val_size)  # the data module's defaults
-        seed = int(data.get("seed", 0) if seed is None else seed)
+        val_size = int(data["val_size"] if val_size is None else val_size)
+        seed = int(data["seed"] if seed is None else seed)
         check_never_trained_on(checkpoint, val_size, seed, ckpt_path)
         batches = holdout_batches(data, data_dir, val_size, seed, cache_dir)
         fitted_on = f"the hold-out of the training split (data.val_size {val_size}, data.seed {seed})"
     view_logits, labels = collect_view_logits(model, batches)
     result = calibrate_logits(view_logits, labels, float(model.hparams.temperature), fitted_on)
-    write_temperature(ckpt_path, out, result.temperature, result.record(), bool(model.hparams.tta_flip))
+    write_temperature(checkpoint, out, result.temperature, result.record(), bool(model.hparams.tta_flip))
     print(f"{result.summary()}\nWrote {out}")
     return out

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cifar_lightning.errors import ConfigError
 from cifar_lightning.decode import image_to_tensor
+from cifar_lightning.errors import ConfigError
 
 
 def check_jpeg_quality(quality: int | None) -> None:
