@@ -9,7 +9,7 @@ DATA_DIR ?= data
 # PyTorch's CPU build by default, so that a machine without an NVIDIA GPU does not pull the CUDA
 # build (several GB). With a GPU: make train TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # (any index URL from the install selector on pytorch.org works). It is used only while .venv has
-# no torch yet: to switch builds, delete .venv.
+# no torch yet: to switch builds, delete .venv. Empty (TORCH_INDEX=): pip's own configuration decides.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
@@ -26,7 +26,7 @@ $(PY):
 
 # PyTorch first, from TORCH_INDEX, where .venv has none: pip would otherwise take the CUDA build from PyPI.
 torch: $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch torchvision --index-url $(TORCH_INDEX)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch torchvision $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 # The download is on by default (--data.download true), so a fresh machine needs nothing more.
 train: torch

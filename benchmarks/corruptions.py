@@ -3,7 +3,7 @@ severities (``cifar_lightning/corruptions.py``), their mean, the mean over the c
 recipe of this project trains on (*unseen*; ``SEEN_IN_TRAINING`` lists the others), the share of
 clean accuracy each keeps, and JPEG at quality 75.
 
-    python benchmarks/corruptions.py --ckpt_path checkpoints/cifar10_cnn.ckpt checkpoints/cifar10_cnn_robust.ckpt
+    python benchmarks/corruptions.py --ckpt_path cifar_lightning/weights/cifar10_cnn.ckpt cifar_lightning/weights/cifar10_cnn_robust.ckpt
     python benchmarks/corruptions.py --ckpt_path run.ckpt --split holdout --val_size 5000   # choosing a recipe
     python benchmarks/corruptions.py --ckpt_path run.ckpt --sample 2000                     # stratified, faster
     python benchmarks/corruptions.py --ckpt_path a.ckpt b.ckpt --device cuda               # models on a GPU, TF32 off

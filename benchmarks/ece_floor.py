@@ -3,7 +3,7 @@ measured ECE says nothing. The model's own probabilities on the test split are t
 each image's label is drawn from them (so the model is calibrated by construction), and the ECE
 (15 bins, as everywhere in this project) of those labels is measured, many times.
 
-    python benchmarks/ece_floor.py --ckpt_path checkpoints/cifar10_cnn.ckpt checkpoints/cifar10_cnn_robust.ckpt
+    python benchmarks/ece_floor.py --ckpt_path cifar_lightning/weights/cifar10_cnn.ckpt cifar_lightning/weights/cifar10_cnn_robust.ckpt
 
 Prints, per checkpoint (at its own temperature and flip setting), its measured test ECE and the
 floor's mean, standard deviation and 95th percentile at each ``--images`` size. A measured ECE

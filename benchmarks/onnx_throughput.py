@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", default=str(REPO / "checkpoints" / "cifar10_cnn.ckpt"))
+    parser.add_argument("--ckpt_path", default=str(REPO / "cifar_lightning" / "weights" / "cifar10_cnn.ckpt"))
     parser.add_argument("--data_dir", default=os.environ.get("CIFAR10_DIR", str(REPO / "data")))
     parser.add_argument("--synthetic", action="store_true", help="10,000 random uint8 images instead of the test split")
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,7 +1,7 @@
 """How precisely a hold-out fixes a checkpoint's temperature, and what that precision costs on the test
 split: a diagnosis of a calibrated model, never a way to choose its temperature.
 
-    python benchmarks/temperature_precision.py --ckpt_path checkpoints/cifar10_cnn_robust.ckpt --fit_config configs/robust.yaml
+    python benchmarks/temperature_precision.py --ckpt_path cifar_lightning/weights/cifar10_cnn_robust.ckpt --fit_config configs/robust.yaml
 
 - The NLL-optimal temperature on the checkpoint's hold-out (what ``fit`` and ``calibrate`` fit), and
   its spread over bootstrap resamples of that hold-out: the uncertainty a hold-out of that size leaves.

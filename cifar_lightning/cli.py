@@ -53,6 +53,7 @@ from cifar_lightning.errors import ConfigError, UserInputError
 from cifar_lightning.infer.prediction_writer import CSVPredictionWriter
 from cifar_lightning.model.checkpoints import check_checkpoint, check_class_count
 from cifar_lightning.model.classifier import CIFAR10Classifier
+from cifar_lightning.model.weights import resolve_checkpoint
 from cifar_lightning.precision import auto_precision, uses_cuda
 from cifar_lightning.training.checkpoint_io import (
     AtomicCheckpointIO,
@@ -166,7 +167,7 @@ class CIFAR10CLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or str(ckpt_path).split(":")[0] in SPECIAL_CKPT_PATHS:
             return
-        self.checkpoint, self.ckpt_path = check_checkpoint(ckpt_path), str(ckpt_path)
+        self.checkpoint, self.ckpt_path = check_checkpoint(ckpt_path), str(resolve_checkpoint(ckpt_path))
         model = self.config[subcommand].get("model")
         given = {name: model.get(name) for name in RUNTIME_SWITCHES} if model else {}
         named = {arg.split("=")[0] for arg in self.argv or ()}

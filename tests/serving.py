@@ -23,7 +23,7 @@ from pathlib import Path
 from conftest import REPO
 
 # The model the deploy tests serve and export (README: the shipped checkpoint).
-SHIPPED_CKPT = REPO / "checkpoints" / "cifar10_cnn.ckpt"
+SHIPPED_CKPT = REPO / "cifar_lightning" / "weights" / "cifar10_cnn.ckpt"
 
 
 def free_port() -> int:

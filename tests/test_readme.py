@@ -32,8 +32,9 @@ from serving import Client, Server, free_port, stop, wait_until_healthy
 
 README = REPO / "README.md"
 RUN = "python -m cifar_lightning "
-# Shown in the README but not run here: installs, the test suite itself, TensorBoard's server.
-NOT_RUN = ("python -m venv ", "pip ", "python -m pytest", "tensorboard ")
+# Shown in the README but not run here: installs, the test suite itself, TensorBoard's server, and
+# the Makefile's set-up-and-run targets (`make test` is what CI runs, .ci/run).
+NOT_RUN = ("python -m venv ", "pip ", "python -m pytest", "tensorboard ", "make ")
 SHORT = {
     "fit": ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
             "--trainer.limit_test_batches", "2", "--trainer.enable_progress_bar", "false"],

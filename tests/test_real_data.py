@@ -34,7 +34,7 @@ SHIPPED_ECE = {"cifar10_cnn.ckpt": 0.0065, "cifar10_cnn_robust.ckpt": 0.0098}
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_is_small_and_carries_no_optimizer_state(name):
-    path = REPO / "checkpoints" / name
+    path = REPO / "cifar_lightning" / "weights" / name
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert path.stat().st_size <= 2 * 1024 * 1024
     assert "optimizer_states" not in checkpoint and "lr_schedulers" not in checkpoint
@@ -48,7 +48,7 @@ def test_shipped_checkpoint_is_small_and_carries_no_optimizer_state(name):
 def test_shipped_checkpoint_keeps_its_reported_test_accuracy(name, real_data, decode_cache):
     """The README's numbers through ``load_from_checkpoint`` and Lightning's test loop, with the
     checkpoint's own flip-averaging setting."""
-    model = CIFAR10Classifier.load_from_checkpoint(REPO / "checkpoints" / name, map_location="cpu")
+    model = CIFAR10Classifier.load_from_checkpoint(REPO / "cifar_lightning" / "weights" / name, map_location="cpu")
     datamodule = CIFAR10DataModule(data_dir=str(real_data), cache_dir=str(decode_cache))
     trainer = L.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
@@ -64,7 +64,7 @@ def test_corruption_benchmark_on_the_shipped_models(real_data, decode_cache, tmp
     images: every corruption scored, and the robust model keeps clearly more under corruption and
     JPEG than the original recipe's (about 83% against 70% on the full split: docs/robustness.md)."""
     benchmark = load_benchmark("corruptions")
-    results = benchmark.main(["--ckpt_path", *(str(REPO / "checkpoints" / name) for name in SHIPPED),
+    results = benchmark.main(["--ckpt_path", *(str(REPO / "cifar_lightning" / "weights" / name) for name in SHIPPED),
                               "--data_dir", str(real_data), "--cache_dir", str(decode_cache), "--sample", "300",
                               "--out", str(tmp_path)])
     base, robust = results["cifar10_cnn"], results["cifar10_cnn_robust"]

@@ -26,6 +26,7 @@ from cifar_lightning.errors import ConfigError, UserInputError
 from cifar_lightning.model.checkpoints import check_checkpoint
 from cifar_lightning.model.loading import classifier_from_checkpoint
 from cifar_lightning.model.probabilities import is_valid_temperature
+from cifar_lightning.model.weights import resolve_checkpoint
 
 
 def calibrate(
@@ -54,7 +55,7 @@ def calibrate(
     the hold-out's ECE and NLL before and after.
 
     Args:
-        ckpt_path: The checkpoint to calibrate (e.g. checkpoints/cifar10_cnn.ckpt).
+        ckpt_path: The checkpoint to calibrate (e.g. cifar_lightning/weights/cifar10_cnn.ckpt).
         output: Where to write the calibrated checkpoint.
         fit_config: A fit config (YAML, e.g. configs/base.yaml) whose data section gives the hold-out
             (data_dir, val_size, seed).
@@ -74,7 +75,7 @@ def calibrate(
     """
     checkpoint = check_checkpoint(ckpt_path)
     out = check_output_file(output, "the calibrated checkpoint", "calibrated.ckpt")
-    if out.resolve() == Path(ckpt_path).expanduser().resolve() and not overwrite:
+    if out.resolve() == resolve_checkpoint(ckpt_path).resolve() and not overwrite:
         raise UserInputError(f"--output {output} is the input checkpoint: pass another --output, or "
                              "--overwrite true to replace it.")
     given_data = any(value is not None for value in (fit_config, data_dir, val_size, seed))

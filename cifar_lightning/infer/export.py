@@ -89,7 +89,7 @@ def export_onnx(ckpt_path: str, output: str = "model.onnx", tta_flip: bool | Non
     names are in its metadata (``class_names``, a JSON list). Check it with onnxruntime (docs/deploy.md).
 
     Args:
-        ckpt_path: A checkpoint written by ``fit``, e.g. checkpoints/cifar10_cnn.ckpt.
+        ckpt_path: A checkpoint written by ``fit``, e.g. cifar_lightning/weights/cifar10_cnn.ckpt.
         output: Where to write the .onnx file (replaced if it exists; written whole or not at all).
         tta_flip: Average each image's probabilities with its mirror image's, as predict does with
             --model.tta_flip true; the default takes the checkpoint's setting.

@@ -6,7 +6,7 @@ probabilities (``CIFAR10Classifier.predict_proba``) out:
     from cifar_lightning.model.loading import load_classifier
     from cifar_lightning.infer.predict import predict_images
 
-    model = load_classifier("checkpoints/cifar10_cnn.ckpt")  # or CIFAR10Classifier.load_from_checkpoint(...)
+    model = load_classifier("cifar_lightning/weights/cifar10_cnn.ckpt")  # or CIFAR10Classifier.load_from_checkpoint(...)
     for p in predict_images(model, ["cat.jpg", "ship.png"]):
         print(p.class_name, p.probability, p.top(3))
 """

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
 from cifar_lightning.errors import CheckpointError
 from cifar_lightning.model.network import KerasCIFAR10CNN
+from cifar_lightning.model.weights import SHIPPED, resolve_checkpoint
 
-HINT = "Pass a .ckpt file written by `python -m cifar_lightning fit` (in its checkpoints/ folder)."
+HINT = ("Pass a .ckpt file written by `python -m cifar_lightning fit` (in its checkpoints/ folder), or a "
+        f"shipped model's name ({', '.join(SHIPPED)}).")
 TO_START_AGAIN = "or leave out --ckpt_path to start from scratch."
 
 
 def check_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint's contents if ``path`` is a checkpoint of ``CIFAR10Classifier``, else ``CheckpointError``."""
-    path = Path(path).expanduser()
+    """The checkpoint's contents if ``path`` is a checkpoint of ``CIFAR10Classifier`` (or a shipped model's
+    name, ``weights.SHIPPED``), else ``CheckpointError``."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint file at {path}. {HINT}")
     try:

@@ -213,7 +213,10 @@ class CIFAR10Classifier(L.LightningModule):
         cached = self.__dict__.get("_inference_net")
         if cached is not None and torch.compiler.is_exporting():
             return cached[1]  # an exporter's tensors have no storage to key on, and no weight changes meanwhile
-        key = tuple((t.device, t.dtype, t.data_ptr(), t._version) for t in self.net.state_dict().values())
+        # Tensors count their in-place changes (``_version``; no public API says "changed since"), except
+        # inference tensors (a model built under ``torch.inference_mode``), which track none.
+        key = tuple((t.device, t.dtype, t.data_ptr(), -1 if t.is_inference() else t._version)
+                    for t in self.net.state_dict().values())
         if cached is None or cached[0] != key:
             folded = fold_batchnorm(self.net)
             folded = folded.to(memory_format=torch.channels_last) if self.hparams.channels_last else folded

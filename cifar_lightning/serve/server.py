@@ -453,7 +453,7 @@ def serve(ckpt_path: str, port: int = 8000, host: str = "127.0.0.1", max_batch_s
     drop an image on; GET /health answers "ok" once the model is loaded. See docs/deploy.md.
 
     Args:
-        ckpt_path: The checkpoint to serve, e.g. checkpoints/cifar10_cnn.ckpt.
+        ckpt_path: The checkpoint to serve, e.g. cifar_lightning/weights/cifar10_cnn.ckpt.
         port: TCP port (1024-65535).
         host: 127.0.0.1 (this machine only), 0.0.0.0 or :: (every network interface).
         max_batch_size: Most requests classified in one forward pass.
