@@ -33,6 +33,7 @@ from cifar_lightning.infer.predict import predict_probabilities
 from cifar_lightning.model.checkpoints import check_checkpoint
 from cifar_lightning.model.loading import load_classifier
 from cifar_lightning.precision import cpu_name
+from cifar_lightning.progress import progress
 from cifar_lightning.robustness.corruptions import (
     CORRUPTIONS,
     SEEN_IN_TRAINING,
@@ -102,7 +103,7 @@ def score(models: dict[str, object], images: torch.Tensor, labels: torch.Tensor,
         results[name]["corruptions"] = {}
     for corruption in CORRUPTIONS:
         started = time.perf_counter()
-        for severity in SEVERITIES:
+        for severity in progress(SEVERITIES, corruption, unit=" severities"):
             corrupted = corrupt(images, corruption, severity, args.seed)
             for name, model in models.items():
                 results[name]["corruptions"].setdefault(corruption, []).append(

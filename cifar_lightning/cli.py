@@ -55,10 +55,8 @@ from cifar_lightning.model.checkpoints import check_checkpoint, check_class_coun
 from cifar_lightning.model.classifier import CIFAR10Classifier
 from cifar_lightning.model.weights import resolve_checkpoint
 from cifar_lightning.precision import auto_precision, uses_cuda
-from cifar_lightning.training.checkpoint_io import (
-    AtomicCheckpointIO,
-    RNGStateCheckpoint,
-)
+from cifar_lightning.training.checkpoint_io import AtomicCheckpointIO, RNGStateCheckpoint
+from cifar_lightning.training.hparams_summary import HParamsSummary
 
 # Model settings that change how a model runs, not what it computes from its weights: with
 # --ckpt_path they come from the command and config, not from the checkpoint's hyperparameters.
@@ -346,7 +344,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
             save_config_callback=SaveConfigToLog,
             save_config_kwargs={"overwrite": True},
             # Always added, whatever the config.
-            trainer_defaults={"callbacks": [RNGStateCheckpoint(), TemperatureScaling()]},
+            trainer_defaults={"callbacks": [RNGStateCheckpoint(), TemperatureScaling(), HParamsSummary()]},
             args=args,
             run=run,
         )

@@ -60,6 +60,28 @@ def test_fit_logs_per_epoch_scalars_to_tensorboard(fitted_run):
     assert (log_dir / "config.yaml").is_file() and (log_dir / "hparams.yaml").is_file()
 
 
+def test_fit_logs_its_hyperparameters_with_its_final_scores_for_the_hparams_tab(fitted_run):
+    """TensorBoard's HParams tab reads a run's hparams summary and the scalars it names."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    tmp_path, _, _ = fitted_run
+    (log_dir,) = (tmp_path / "lightning_logs" / "base").iterdir()
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    starts = [plugin_data_pb2.HParamsPluginData.FromString(data).session_start_info for tag, data in content.items()
+              if tag == "_hparams_/session_start_info"]
+    assert starts, "no hparams summary in the run's event file"
+    hparams = starts[-1].hparams
+    assert hparams["model/lr"].number_value == pytest.approx(0.0025) and hparams["data/val_size"].number_value == 30
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    names = {info.name.tag for info in experiment.metric_infos}
+    assert {"hp/val_acc", "hp/val_ece", "hp/test_acc", "hp/test_ece"} <= names
+    tags = set(events.Tags()["scalars"])
+    assert {"hp/val_acc", "hp/test_acc"} <= tags
+    assert 0 <= events.Scalars("hp/test_acc")[-1].value <= 1
+
+
 def test_checkpoint_alone_rebuilds_the_model(fitted_run):
     tmp_path, _, _ = fitted_run
     model = CIFAR10Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "base" / "last.ckpt", map_location="cpu")

@@ -15,7 +15,8 @@ import torchvision.datasets.cifar
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from cifar_lightning import CIFAR10DataModule, sources
+from cifar_lightning import CIFAR10DataModule
+from cifar_lightning.data import sources
 from cifar_lightning.data.augment import BatchAugment, BatchRandomCrop
 
 from conftest import write_torchvision_folder

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cifar_lightning"
 # Lowest first. A module may import from its own layer and those before it.
 LAYERS = [
     {"errors"},
-    {"precision", "decode", "atomic", "summary_writer"},
+    {"precision", "decode", "atomic", "summary_writer", "progress"},
     {"robustness"},
     {"data"},
     {"model"},

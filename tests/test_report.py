@@ -14,20 +14,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cifar_lightning.data.sources import CIFAR10_CLASSES
 from cifar_lightning.errors import UserInputError
-from cifar_lightning.report.command import (
-    best_epoch,
-    comparison_figure,
-    find_run_dir,
-    make_report,
-    read_curves,
-    read_history,
-    training_curves,
-)
+from cifar_lightning.report.command import best_epoch, comparison_figure, make_report, read_history, training_curves
 from cifar_lightning.report.figures import (
     class_examples_figure,
     curves_figure,
     sample_per_class,
 )
+from cifar_lightning.report.runs import find_run_dir, read_curves
 
 from cli_runner import run_in_process as run_cli
 from conftest import EPOCHS, REPO
@@ -205,3 +198,12 @@ def test_report_checks_what_it_was_given_before_drawing(trained, tmp_path):
     with pytest.raises(UserInputError, match="Nothing to draw"):
         make_report(out=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+
+
+def test_report_without_data_names_its_own_options(tmp_path, capsys):
+    from cli_runner import run_failing
+
+    message = run_failing(["report", "--ckpt_path", "cifar10_cnn", "--data_dir", str(tmp_path / "nothing"),
+                           "--out", str(tmp_path / "out")], capsys)
+    assert "does not exist" in message and "Point --data_dir at the folder" in message
+    assert "--data.data_dir" not in message and "--data.download" not in message

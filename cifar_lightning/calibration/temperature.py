@@ -22,6 +22,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from cifar_lightning.model.probabilities import ECE_BINS, combine_views
+from cifar_lightning.progress import progress
 
 TEMPERATURE_RANGE = (0.05, 20.0)  # a fitted T outside this means the hold-out is broken, not the model
 
@@ -77,7 +78,7 @@ def collect_view_logits(model: Any, batches: Iterable, device: torch.device | st
     model.eval()
     logits, labels = [], []
     try:
-        for batch in batches:
+        for batch in progress(batches, "Held-out logits", unit=" batches"):
             logits.append(model.view_logits(batch[0].to(device)).cpu())
             labels.append(batch[1].cpu())
     finally:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from cifar_lightning.decode import DECODE_ERRORS, read_image
 from cifar_lightning.errors import DataSourceError
+from cifar_lightning.progress import progress
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def read_predict_folder(folder: str | os.PathLike, class_names: list[str] | tupl
         raise DataSourceError(f"The predict folder {root} holds no files. Put images in it (PNG, JPEG, ...).")
     index = {name: i for i, name in enumerate(class_names)}
     images, paths, labels, skipped = [], [], [], []
-    for path in files:
+    for path in progress(files, f"Reading {root}"):
         try:
             images.append(read_image(path))
         except DECODE_ERRORS as error:

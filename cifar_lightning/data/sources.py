@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
 from torchvision.datasets import CIFAR10
-from tqdm import tqdm
 
 from cifar_lightning.atomic import save_atomically
 from cifar_lightning.decode import DECODE_ERRORS, IMAGE_SIZE, to_rgb
 from cifar_lightning.errors import DataSourceError
+from cifar_lightning.progress import progress
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -41,14 +41,19 @@ class Split:
     source_order: bool = False  # in torchvision's file order (the original's); image folders lose it
 
 
-def describe_layouts(data_dir: Path) -> str:
+# How the training commands name the data folder and the download; other commands (report, the
+# benchmarks) pass their own option names, so that an error names an option the user can give.
+DATA_OPTION = "--data.data_dir"
+DOWNLOAD_HINT = "--data.download true, the default, fetches them where neither layout is found"
+
+
+def describe_layouts(data_dir: Path, data_option: str = DATA_OPTION, download_hint: str = DOWNLOAD_HINT) -> str:
     return (
         f"Expected CIFAR-10 in {data_dir} in one of two layouts:\n"
-        f"  1. torchvision's files: {data_dir / TORCHVISION_FOLDER}/ "
-        "(--data.download true, the default, fetches them where neither layout is found)\n"
+        f"  1. torchvision's files: {data_dir / TORCHVISION_FOLDER}/ ({download_hint})\n"
         f"  2. image folders: {data_dir}/train/<class>/*.png and {data_dir}/test/<class>/*.png "
         f"with the classes {', '.join(CIFAR10_CLASSES)}.\n"
-        "Point --data.data_dir at the folder that holds them."
+        f"Point {data_option} at the folder that holds them."
     )
 
 
@@ -80,21 +85,24 @@ def download_if_missing(data_dir: Path) -> None:
         ) from None
 
 
-def find_layout(data_dir: Path) -> str:
+def find_layout(data_dir: Path, data_option: str = DATA_OPTION, download_hint: str = DOWNLOAD_HINT) -> str:
     """'torchvision' or 'folder', whichever is present; a clear error if neither is."""
     if (data_dir / TORCHVISION_FOLDER).is_dir():
         return "torchvision"
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
         return "folder"
     if not data_dir.exists():
-        raise DataSourceError(f"The data folder {data_dir} does not exist.\n" + describe_layouts(data_dir))
-    raise DataSourceError(f"No CIFAR-10 data found in {data_dir}.\n" + describe_layouts(data_dir))
+        raise DataSourceError(f"The data folder {data_dir} does not exist.\n"
+                              + describe_layouts(data_dir, data_option, download_hint))
+    raise DataSourceError(f"No CIFAR-10 data found in {data_dir}.\n" + describe_layouts(data_dir, data_option, download_hint))
 
 
-def load_split(data_dir: str | os.PathLike, train: bool, cache_dir: str | os.PathLike | None) -> Split:
-    """The train or test split as uint8 tensors, from the cache when the source is unchanged."""
+def load_split(data_dir: str | os.PathLike, train: bool, cache_dir: str | os.PathLike | None,
+               data_option: str = DATA_OPTION, download_hint: str = DOWNLOAD_HINT) -> Split:
+    """The train or test split as uint8 tensors, from the cache when the source is unchanged.
+    ``data_option``, ``download_hint``: how the calling command names its data folder and download."""
     data_dir = Path(data_dir).expanduser().resolve()
-    layout = find_layout(data_dir)
+    layout = find_layout(data_dir, data_option, download_hint)
     split = "train" if train else "test"
     files = list_torchvision_files(data_dir) if layout == "torchvision" else list_image_files(data_dir / split)
     cache_file = None
@@ -163,12 +171,11 @@ def list_image_files(split_dir: Path) -> list[tuple[Path, int]]:
 
 
 def read_image_folder(files: list[tuple[Path, int]], description: str = "Decoding images") -> Split:
-    """Decode every file, with a progress bar (tqdm, as Lightning's); fail once, naming every file
+    """Decode every file, with a progress bar on a terminal (``progress``); fail once, naming every file
     that is not a 32x32 image."""
     images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     bad = []
-    progress = tqdm(files, desc=description, unit=" images", leave=False, disable=rank_zero_only.rank != 0)
-    for i, (path, _) in enumerate(progress):
+    for i, (path, _) in enumerate(progress(files, description)):
         try:
             with Image.open(path) as image:
                 array = np.asarray(to_rgb(image))

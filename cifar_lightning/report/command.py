@@ -149,7 +149,8 @@ def model_pictures(checkpoint: dict, ckpt_path: str, out_dir: Path, data_dir: st
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = classifier_from_checkpoint(checkpoint, map_location=device)
     names = list(model.class_names)
-    test = load_split(data_dir, train=False, cache_dir=cache_dir)
+    test = load_split(data_dir, train=False, cache_dir=cache_dir, data_option="--data_dir",
+                      download_hint="report downloads nothing: `python -m cifar_lightning test` fetches them")
     written = {"examples": save(class_examples_figure(test.images, test.labels, names, examples_per_class, seed),
                                 out_dir / "class_examples.png")}
 
