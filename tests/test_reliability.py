@@ -185,3 +185,40 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     (csv_file,) = (tmp_path / "predictions").iterdir()
     rows = csv_file.read_text().splitlines()[1:]
     assert sorted(int(row.split(",")[0]) for row in rows) == list(range(20))
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_train_as_one_run(data: Path, tmp_path: Path) -> None:
+    """The same ``fit`` across two machines, as ``docs/reliability.md`` runs it: two torchrun launches
+    on localhost (``--nnodes 2 --node_rank 0|1``, one process each, gloo), sharing one folder as
+    machines share a file system. Lightning sees TorchElastic's environment, the two ranks train on
+    disjoint shards with synchronised metrics, and one set of checkpoints is written, by rank 0."""
+    from serving import free_port
+
+    port = free_port()
+    args = fit_args(data, tmp_path / "cache", "--trainer.max_epochs", "2", "--trainer.strategy", "ddp",
+                    "--trainer.num_nodes", "2", "--trainer.devices", "1",
+                    "--trainer.callbacks+=fault_points.RecordRank")
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+             "-m", "cifar_lightning", *args],
+            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=400) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["train_sampler"] == "DistributedSampler" for r in ranks)
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] and "val/acc" in ranks[0]["metrics"]
+    for key, size in (("train_indices", 90), ("val_indices", 10)):
+        first, second = (set(r[key]) for r in ranks)
+        assert not first & second and first | second == set(range(size))
+    best, last = sorted(p.name for p in (tmp_path / "checkpoints" / "base").iterdir())
+    assert best.startswith("epoch") and last == "last.ckpt"
+    assert [p.name for p in (tmp_path / "lightning_logs" / "base").iterdir()] == ["version_0"]
+    assert "".join(out for out, _ in outputs).count("Test accuracy of the best checkpoint") == 1
+
