@@ -73,7 +73,7 @@ def test_fit_logs_its_hyperparameters_with_its_final_scores_for_the_hparams_tab(
               if tag == "_hparams_/session_start_info"]
     assert starts, "no hparams summary in the run's event file"
     hparams = starts[-1].hparams
-    assert hparams["model/lr"].number_value == pytest.approx(0.0025) and hparams["data/val_size"].number_value == 30
+    assert hparams["lr"].number_value == pytest.approx(0.0025) and hparams["val_size"].number_value == 30
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     names = {info.name.tag for info in experiment.metric_infos}
     assert {"hp/val_acc", "hp/val_ece", "hp/test_acc", "hp/test_ece"} <= names

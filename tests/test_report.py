@@ -207,3 +207,25 @@ def test_report_without_data_names_its_own_options(tmp_path, capsys):
                            "--out", str(tmp_path / "out")], capsys)
     assert "does not exist" in message and "Point --data_dir at the folder" in message
     assert "--data.data_dir" not in message and "--data.download" not in message
+
+
+def test_hparams_summary_gives_a_recorded_run_its_hyperparameters_and_final_scores(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from cifar_lightning.report.command import make_report
+
+    run = tmp_path / "logs" / "version_0"
+    with SummaryWriter(str(run)) as writer:
+        for step, value in enumerate((0.5, 0.7, 0.65)):
+            writer.add_scalar("val/acc", value, step)
+        writer.add_scalar("test/acc", 0.66, 3)
+    (run / "hparams.yaml").write_text("_instantiator: x\nlr: 0.005\nconv_dropout: [0.1, 0.1, 0.2]\nval_size: 5000\n")
+    assert make_report(log_dir=str(tmp_path / "logs"), hparams_summary=True) == {}
+    events = EventAccumulator(str(run))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["lr"].number_value == pytest.approx(0.005) and "_instantiator" not in start.hparams
+    assert start.hparams["conv_dropout"].string_value == "[0.1, 0.1, 0.2]"
+    assert events.Scalars("hp/val_acc")[-1].value == pytest.approx(0.65)  # the last value, not the best
+    assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(0.66)

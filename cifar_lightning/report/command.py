@@ -41,8 +41,10 @@ from cifar_lightning.report.runs import (
     Curves,
     best_epoch,
     epochs_of,
+    find_run_dirs,
     read_history,
     training_curves,
+    write_hparams_summary,
 )
 
 
@@ -85,6 +87,7 @@ def make_report(
     seed: int = 0,
     batch_size: int = 1000,
     device: str = "auto",
+    hparams_summary: bool = False,
 ) -> dict[str, Path]:
     """Write the report's PNG pictures and Markdown table for a checkpoint; returns {name: path}.
 
@@ -105,7 +108,20 @@ def make_report(
         seed: Seed of those picks.
         batch_size: Images per forward pass.
         device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        hparams_summary: Instead of pictures: give every run under ``log_dir`` that has an
+            ``hparams.yaml`` the HParams summary that ``fit`` logs today (hyperparameters and final
+            ``val/*``, ``test/*`` scores), so runs recorded before it compare in TensorBoard's HParams tab.
     """
+    if hparams_summary:
+        if log_dir is None:
+            raise UserInputError("--hparams_summary writes into the runs of --log_dir: pass --log_dir.")
+        runs = [run for run in find_run_dirs(log_dir) if (run / "hparams.yaml").is_file()]
+        if not runs:
+            raise UserInputError(f"No run under {log_dir} has an hparams.yaml (the file fit writes beside its log).")
+        for run in runs:
+            scores = write_hparams_summary(run)
+            print(f"{run}: " + ", ".join(f"{tag} {value:.4f}" for tag, value in scores.items()))
+        return {}
     if ckpt_path is None and log_dir is None:
         raise UserInputError("Nothing to draw: pass --ckpt_path (pictures of a model), --log_dir (training "
                              "curves), or both.")

@@ -1,6 +1,7 @@
 """Reading training runs back: the scalar curves of a run's TensorBoard event files (with
 TensorBoard's own ``EventAccumulator``), which of a log folder's runs trained, a resumed run's parts
-joined into one, and a Keras History CSV (the original's ``docs/original/history.csv``)."""
+joined into one, a Keras History CSV (the original's ``docs/original/history.csv``), and the HParams
+summary of a run recorded before runs logged one (``write_hparams_summary``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import csv
 import math
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import (
-    IMAGES,
-    SCALARS,
-    EventAccumulator,
-)
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.report.figures import best_point
@@ -162,3 +162,30 @@ def read_history(path: str | Path) -> tuple[list[int], list[float]]:
         return [int(row["epoch"]) for row in rows], [float(row["val_accuracy"]) for row in rows]
     except (TypeError, ValueError) as error:
         raise UserInputError(f"{path}: a row that is not an epoch number and an accuracy ({error}).") from None
+
+
+SUMMARY_SCORES = tuple(f"{stage}/{score}" for stage in ("val", "test") for score in ("acc", "ece", "nll"))
+
+
+def write_hparams_summary(run_dir: str | Path) -> dict[str, float]:
+    """Give a recorded run what ``HParamsSummary`` logs at the end of a run today: an event file in
+    ``run_dir`` with the run's hyperparameters (its ``hparams.yaml``) and the last value of each of its
+    ``val/*`` and ``test/*`` scores as ``hp/val_acc`` and so on, for TensorBoard's HParams tab.
+    Returns the scores written."""
+    run_dir = Path(run_dir)
+    saved = run_dir / "hparams.yaml"
+    if not saved.is_file():
+        raise UserInputError(f"{run_dir} has no hparams.yaml: pass --log_dir one run of a fit (its version folder).")
+    params = {key: value for key, value in (yaml.safe_load(saved.read_text()) or {}).items() if not key.startswith("_")}
+    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0, IMAGES: 1}).Reload()
+    tags = set(events.Tags()["scalars"])
+    scores = {f"hp/{tag.replace('/', '_')}": events.Scalars(tag)[-1].value for tag in SUMMARY_SCORES if tag in tags}
+    if not scores:
+        raise UserInputError(f"{run_dir} logged none of {', '.join(SUMMARY_SCORES)}: nothing to compare runs by.")
+    plain = {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in params.items()}
+    with SummaryWriter(str(run_dir), filename_suffix=".hparams") as writer:
+        for summary in hparams(plain, scores):
+            writer.file_writer.add_summary(summary)
+        for tag, value in scores.items():
+            writer.add_scalar(tag, value, 0)
+    return scores

@@ -37,11 +37,10 @@ class HParamsSummary(L.Callback):
                 self.scores[f"hp/{stage}_{score}"] = float(value)
         if not self.scores or not trainer.is_global_zero:
             return
-        params = {f"model/{key}": value for key, value in pl_module.hparams.items()}
+        # One flat set of names, as Lightning merges the model's and the data's into hparams.yaml.
         datamodule = trainer.datamodule
-        if datamodule is not None:
-            params.update({f"data/{key}": value for key, value in datamodule.hparams.items()})
-        params["trainer/max_epochs"] = trainer.max_epochs
-        params["trainer/precision"] = str(trainer.precision)
+        params = {**(datamodule.hparams if datamodule is not None else {}), **pl_module.hparams}
+        params.update(max_epochs=trainer.max_epochs, precision=str(trainer.precision))
+        params = {key: value for key, value in params.items() if not key.startswith("_")}
         for logger in trainer.loggers:
             logger.log_hyperparams(params, metrics=dict(self.scores))
