@@ -1,7 +1,7 @@
 """A PyTorch Lightning reimplementation of a classic Keras CIFAR-10 CNN (420,842 parameters).
 
 The layers, each importing only those below it: ground modules (``errors``, ``precision``, ``decode``,
-``atomic``, ``summary_writer``) < ``robustness`` < ``data`` < ``model`` < ``calibration`` < ``training``
+``atomic``, ``summary_writer``, ``progress``) < ``robustness`` < ``data`` < ``model`` < ``calibration`` < ``training``
 < ``infer`` < ``report`` < ``serve`` < ``cli`` (docs/development.md).
 """
 
