@@ -60,10 +60,10 @@ from cifar_lightning.training.hparams_summary import HParamsSummary
 
 # Model settings that change how a model runs, not what it computes from its weights: with
 # --ckpt_path they come from the command and config, not from the checkpoint's hyperparameters.
-RUNTIME_SWITCHES = ("tta_flip", "channels_last", "compile")
+RUNTIME_SWITCHES = ("tta_flip", "tta_translate", "channels_last", "compile")
 # Of those, the ones whose checkpoint setting holds unless the command line itself names them:
-# a checkpoint's temperature is fitted for its own tta_flip, whatever a config says.
-CHECKPOINT_SWITCHES = ("tta_flip",)
+# a checkpoint's temperature is fitted for its own test-time views, whatever a config says.
+CHECKPOINT_SWITCHES = ("tta_flip", "tta_translate")
 
 # ckpt_path values Lightning resolves itself rather than reading a file.
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cifar_lightning import CIFAR10Classifier, CIFAR10DataModule
 from cifar_lightning.data.augment import BatchRandomCrop
 from cifar_lightning.data.sources import load_split
+from cifar_lightning.errors import ConfigError
 from cifar_lightning.infer.predict import predict_probabilities
 from cifar_lightning.model.loading import load_classifier
 from cifar_lightning.model.probabilities import combine_views
@@ -89,6 +90,24 @@ def test_tta_flip_averages_the_probabilities_of_image_and_mirror_image():
     assert not torch.allclose(predict_probabilities(plain, images), expected, atol=1e-3)
     symmetric = torch.cat([images[..., :16], images[..., :16].flip(-1)], dim=-1)  # its own mirror image
     assert torch.allclose(predict_probabilities(model, symmetric), predict_probabilities(plain, symmetric), atol=1e-5)
+
+
+def test_tta_translate_averages_every_view_shifted_both_ways():
+    """airbench's test-time views: the image (and mirror) plus each shifted a pixel down-right and
+    up-left with reflected edges, their probabilities averaged with equal weight."""
+    torch.manual_seed(0)
+    model = CIFAR10Classifier(tta_flip=True, tta_translate=1).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    views = [images.float() / 255, images.flip(-1).float() / 255]
+    views += [v for p in (torch.nn.functional.pad(v, (1, 1, 1, 1), mode="reflect") for v in views[:2])
+              for v in (p[..., :32, :32], p[..., 2:, 2:])]
+    with torch.inference_mode():
+        expected = torch.stack([model(v).softmax(-1) for v in views]).mean(0)
+        assert model.view_logits(images).shape == (6, 4, 10)
+    assert torch.allclose(predict_probabilities(model, images), expected, atol=1e-5)
+    assert CIFAR10Classifier(tta_translate=2).eval().view_logits(images).shape[0] == 3
+    with pytest.raises(ConfigError, match="tta_translate must be 0"):
+        CIFAR10Classifier(tta_translate=9)
 
 
 def test_tta_flip_from_the_command_line_applies_to_a_checkpoint_trained_without_it(trained, tmp_path, monkeypatch):

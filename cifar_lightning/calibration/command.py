@@ -39,6 +39,7 @@ def calibrate(
     image_dir: str | None = None,
     temperature: float | None = None,
     tta_flip: bool | None = None,
+    tta_translate: int | None = None,
     overwrite: bool = False,
     cache_dir: str | None = ".cache/cifar_lightning",
     batch_size: int = 500,
@@ -68,6 +69,8 @@ def calibrate(
         tta_flip: Fit the temperature for the model with flip averaging on (true) or off (false), and
             write that setting into the new checkpoint: a temperature fits one setting. Default: the
             checkpoint's own.
+        tta_translate: Fit it for the model with each view also shifted by this many pixels both ways
+            (0: off), and write that setting too. Default: the checkpoint's own.
         overwrite: Allow --output to be the input checkpoint itself.
         cache_dir: Cache of decoded images (as for --data.cache_dir); None: no cache.
         batch_size: Images per forward pass.
@@ -86,7 +89,8 @@ def calibrate(
         if not is_valid_temperature(temperature):
             raise ConfigError(f"--temperature must be a finite number greater than 0, got {temperature}.")
         write_temperature(checkpoint, out, temperature, {"temperature": float(temperature),
-                                                         "fitted_on": "given to calibrate --temperature"}, tta_flip)
+                                                         "fitted_on": "given to calibrate --temperature"}, tta_flip,
+                          tta_translate)
         print(f"Wrote {out} with temperature {temperature:.4f} (given, not fitted).")
         return out
     if image_dir is not None and given_data:
@@ -96,6 +100,8 @@ def calibrate(
     model = classifier_from_checkpoint(checkpoint, map_location=device)
     if tta_flip is not None:
         model.hparams.tta_flip = tta_flip
+    if tta_translate is not None:
+        model.hparams.tta_translate = tta_translate
     if image_dir is not None:
         folder = read_predict_folder(image_dir, model.class_names)
         known = folder.labels >= 0
@@ -114,6 +120,7 @@ def calibrate(
         fitted_on = f"the hold-out of the training split (data.val_size {val_size}, data.seed {seed})"
     view_logits, labels = collect_view_logits(model, batches)
     result = calibrate_logits(view_logits, labels, float(model.hparams.temperature), fitted_on)
-    write_temperature(checkpoint, out, result.temperature, result.record(), bool(model.hparams.tta_flip))
+    write_temperature(checkpoint, out, result.temperature, result.record(), bool(model.hparams.tta_flip),
+                      int(model.hparams.get("tta_translate", 0)))
     print(f"{result.summary()}\nWrote {out}")
     return out

@@ -76,6 +76,7 @@ def to_onnx_program(model: CIFAR10Classifier, tta_flip: bool | None = None):
         "input": f"{INPUT_NAME}: uint8 (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), RGB, values 0-255",
         "output": f"{OUTPUT_NAME}: float32 (N, {len(model.class_names)}), softmax, class order as class_names",
         "tta_flip": json.dumps(tta),
+        "tta_translate": json.dumps(int(model.hparams.get("tta_translate", 0))),
         "temperature": json.dumps(float(model.hparams.temperature)),
         "producer": "cifar_lightning export",
     })

@@ -64,6 +64,9 @@ class CIFAR10Classifier(L.LightningModule):
             the two probability vectors: test-time augmentation. With ``--ckpt_path`` the
             checkpoint's own setting (the one its temperature was fitted for) holds unless the
             command line names ``--model.tta_flip``.
+        tta_translate: With N > 0, also evaluate every view above shifted by N pixels down-right and
+            up-left (reflected edges), as airbench's test-time augmentation does: 3 times the views.
+            Like ``tta_flip``, a checkpoint's own setting holds unless the command line names it.
         temperature: Divides the logits before the softmax of every probability the model gives
             (temperature scaling, Guo et al. 2017): above 1 softens overconfident probabilities,
             below 1 sharpens underconfident ones; the predicted class never changes. ``fit`` fits
@@ -94,6 +97,7 @@ class CIFAR10Classifier(L.LightningModule):
         std: tuple[float, float, float] = (1.0, 1.0, 1.0),
         channels_last: bool = True,
         tta_flip: bool = False,
+        tta_translate: int = 0,
         temperature: float = 1.0,
         compile: bool = False,
     ) -> None:
@@ -101,7 +105,7 @@ class CIFAR10Classifier(L.LightningModule):
         check_settings(lr=lr, conv_dropout=conv_dropout, dense_dropout=dense_dropout,
                        label_smoothing=label_smoothing, std=std, class_names=class_names,
                        momentum=momentum, warmup_fraction=warmup_fraction, weight_decay=weight_decay,
-                       bn_momentum=bn_momentum, temperature=temperature)
+                       bn_momentum=bn_momentum, temperature=temperature, tta_translate=tta_translate)
         self.save_hyperparameters()
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
@@ -138,15 +142,24 @@ class CIFAR10Classifier(L.LightningModule):
         return self.net(self.preprocess(images))
 
     def view_logits(self, images: Tensor, net: torch.nn.Module | None = None) -> Tensor:
-        """float32 logits (V, B, num_classes) of every view evaluated: the image, and with ``tta_flip``
-        its mirror image too (V = 2). ``net``: the network to run (default ``self.net``)."""
+        """float32 logits (V, B, num_classes) of every view evaluated: the image, with ``tta_flip`` its
+        mirror image too, and with ``tta_translate`` each of those shifted both ways (V = 1, 2, 3 or 6),
+        in one forward pass. ``net``: the network to run (default ``self.net``)."""
         net = net or self.net
         x = self.preprocess(images)
-        if not self.hparams.tta_flip:
+        views = [x, x.flip(-1)] if self.hparams.tta_flip else [x]
+        shift = int(self.hparams.get("tta_translate", 0) or 0)
+        if shift:
+            h, w = x.shape[-2:]
+            padded = [F.pad(view, (shift,) * 4, mode="reflect") for view in views]
+            views += [p[..., :h, :w] for p in padded] + [p[..., 2 * shift:, 2 * shift:] for p in padded]
+            if self.hparams.channels_last:
+                views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+        if len(views) == 1:
             return net(x).float().unsqueeze(0)
-        n = x.shape[0]  # slices, not chunk(2): chunk would fix an exported graph's batch size
-        logits = net(torch.cat([x, x.flip(-1)])).float()
-        return torch.stack([logits[:n], logits[n:]])
+        n = x.shape[0]  # slices, not chunk(): chunk would fix an exported graph's batch size
+        logits = net(torch.cat(views)).float()
+        return torch.stack([logits[i * n:(i + 1) * n] for i in range(len(views))])
 
     def predict_log_proba(self, images: Tensor, net: torch.nn.Module | None = None,
                           temperature: float | None = None) -> Tensor:
@@ -263,9 +276,11 @@ class CIFAR10Classifier(L.LightningModule):
 
 
 def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, class_names,
-                   momentum, warmup_fraction, weight_decay, bn_momentum, temperature) -> None:
+                   momentum, warmup_fraction, weight_decay, bn_momentum, temperature, tta_translate=0) -> None:
     """Reject values that would train nonsense, naming the setting and its valid range."""
     problems = []
+    if not 0 <= tta_translate <= 8:
+        problems.append(f"tta_translate must be 0 (off) to 8 pixels, got {tta_translate}")
     if not is_valid_temperature(temperature):
         problems.append(f"temperature must be a finite number greater than 0, got {temperature}")
     if not 0 <= momentum < 1:
