@@ -151,6 +151,24 @@ def test_two_runs_are_identical_and_resuming_at_an_epoch_boundary_changes_nothin
 # --- distributed ------------------------------------------------------------------------------
 
 
+def assert_two_ranks_trained_as_one_run(folder: Path, printed: str) -> None:
+    """What ``fault_points.RecordRank`` wrote for ranks 0 and 1 of a 2-process ``fit`` in ``folder``."""
+    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["train_sampler"] == "DistributedSampler" for r in ranks)
+    # Metrics are synchronised: every rank ends with the same numbers.
+    assert ranks[0]["metrics"] == ranks[1]["metrics"] and "val/acc" in ranks[0]["metrics"]
+    # The same seeded validation split on both ranks; the samplers split both sets without overlap.
+    assert ranks[0]["val_labels"] == ranks[1]["val_labels"]
+    for key, size in (("train_indices", 90), ("val_indices", 10)):
+        first, second = (set(r[key]) for r in ranks)
+        assert not first & second and first | second == set(range(size))
+    # Rank zero alone wrote checkpoints, logs and the test result.
+    best, last = sorted(p.name for p in (folder / "checkpoints" / "base").iterdir())
+    assert best.startswith("epoch") and last == "last.ckpt"
+    assert [p.name for p in (folder / "lightning_logs" / "base").iterdir()] == ["version_0"]
+    assert printed.count("Test accuracy of the best checkpoint") == 1
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     """fit then predict with 2 gloo processes: synchronised metrics, disjoint shards, rank 0 writes."""
@@ -161,20 +179,7 @@ def test_ddp_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     process = start_fit(tmp_path, args)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(r["world_size"] == 2 and r["train_sampler"] == "DistributedSampler" for r in ranks)
-    # Metrics are synchronised: every rank ends with the same numbers.
-    assert ranks[0]["metrics"] == ranks[1]["metrics"] and "val/acc" in ranks[0]["metrics"]
-    # The same seeded validation split on both ranks; the samplers split both sets without overlap.
-    assert ranks[0]["val_labels"] == ranks[1]["val_labels"]
-    for key, size in (("train_indices", 90), ("val_indices", 10)):
-        first, second = (set(r[key]) for r in ranks)
-        assert not first & second and first | second == set(range(size))
-    # Rank zero alone wrote checkpoints, logs and the test result.
-    best, last = sorted(p.name for p in (tmp_path / "checkpoints" / "base").iterdir())
-    assert best.startswith("epoch") and last == "last.ckpt"
-    assert [p.name for p in (tmp_path / "lightning_logs" / "base").iterdir()] == ["version_0"]
-    assert out.count("Test accuracy of the best checkpoint") == 1
+    assert_two_ranks_trained_as_one_run(tmp_path, out)
 
     # predict under DDP: each process predicts a shard, one CSV holds every test image once.
     predict = [a for a in args if a != "--trainer.callbacks+=fault_points.RecordRank"]
@@ -211,14 +216,5 @@ def test_two_nodes_of_one_process_each_train_as_one_run(data: Path, tmp_path: Pa
     outputs = [node.communicate(timeout=400) for node in nodes]
     for node, (_, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert all(r["world_size"] == 2 and r["train_sampler"] == "DistributedSampler" for r in ranks)
-    assert ranks[0]["metrics"] == ranks[1]["metrics"] and "val/acc" in ranks[0]["metrics"]
-    for key, size in (("train_indices", 90), ("val_indices", 10)):
-        first, second = (set(r[key]) for r in ranks)
-        assert not first & second and first | second == set(range(size))
-    best, last = sorted(p.name for p in (tmp_path / "checkpoints" / "base").iterdir())
-    assert best.startswith("epoch") and last == "last.ckpt"
-    assert [p.name for p in (tmp_path / "lightning_logs" / "base").iterdir()] == ["version_0"]
-    assert "".join(out for out, _ in outputs).count("Test accuracy of the best checkpoint") == 1
+    assert_two_ranks_trained_as_one_run(tmp_path, "".join(out for out, _ in outputs))
 
