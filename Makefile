@@ -11,6 +11,8 @@ DATA_DIR ?= data
 # (any index URL from the install selector on pytorch.org works). It is used only while .venv has
 # no torch yet: to switch builds, delete .venv. Empty (TORCH_INDEX=): pip's own configuration decides.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# More options for fit, after the config: make train ARGS="--trainer.max_epochs 30"
+ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help train test torch
@@ -19,7 +21,7 @@ help:
 	@echo "make train  install the package with [export,serve] into $(VENV), then train configs/base.yaml"
 	@echo "            on the CIFAR-10 in DATA_DIR (now $(DATA_DIR); downloaded there if missing)"
 	@echo "make test   install the package with [dev] into $(VENV) (and Chromium, as root), then run pytest"
-	@echo "Variables: DATA_DIR, TORCH_INDEX (now $(TORCH_INDEX)), PYTHON, VENV"
+	@echo "Variables: DATA_DIR, ARGS (more fit options), TORCH_INDEX (now $(TORCH_INDEX)), PYTHON, VENV"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +33,7 @@ torch: $(PY)
 # The download is on by default (--data.download true), so a fresh machine needs nothing more.
 train: torch
 	$(PY) -m pip install -e ".[export,serve]"
-	$(PY) -m cifar_lightning fit --config configs/base.yaml --data.data_dir $(DATA_DIR)
+	$(PY) -m cifar_lightning fit --config configs/base.yaml --data.data_dir $(DATA_DIR) $(ARGS)
 
 # The web page test drives Debian's Chromium (tests/test_serve.py): installed where it is missing, as .ci/run does.
 test: torch
