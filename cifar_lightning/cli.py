@@ -353,7 +353,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> CIFAR10CLI | di
         # batch, Ctrl-C calls sys.exit(1); both after ModelCheckpoint(save_on_exception=True) has saved.
         cli = RUNNING.cli
         trainer = getattr(cli, "trainer", None)
-        if cli is None or cli.subcommand != "fit" or trainer is None or not trainer.interrupted:
+        if cli is None or getattr(cli, "subcommand", None) != "fit" or trainer is None or not trainer.interrupted:
             raise
         signum = signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT
         if trainer.is_global_zero:
