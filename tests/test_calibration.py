@@ -82,7 +82,7 @@ def test_a_checkpoint_without_a_temperature_predicts_as_before(trained, tmp_path
 
 
 def test_the_temperature_divides_every_probability_and_survives_the_checkpoint(trained, tmp_path):
-    write_temperature(trained.ckpt, tmp_path / "warm.ckpt", 0.5)
+    write_temperature(torch.load(trained.ckpt, map_location="cpu", weights_only=True), tmp_path / "warm.ckpt", 0.5)
     model = CIFAR10Classifier.load_from_checkpoint(tmp_path / "warm.ckpt", map_location="cpu").eval()
     assert model.hparams.temperature == 0.5
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))

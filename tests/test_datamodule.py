@@ -4,6 +4,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -161,9 +162,24 @@ def test_predict_on_the_test_split_names_each_image_by_its_source_index(image_fo
         assert torch.equal(image, source.images[int(name)]) and label == source.labels[int(name)]
 
 
-def test_decoding_shows_progress_and_the_cache_says_it_was_used(image_folder, tmp_path, capfd, caplog):
+def test_decoding_is_quiet_off_a_terminal_and_the_cache_says_it_was_used(image_folder, tmp_path, capfd, caplog):
     caplog.set_level(logging.INFO, logger="lightning.pytorch")
     sources.load_split(image_folder, train=False, cache_dir=tmp_path / "cache")
-    assert "Decoding the test images of" in capfd.readouterr().err
+    assert "Decoding the test images of" not in capfd.readouterr().err  # a pipe or a log file gets no bar
     sources.load_split(image_folder, train=False, cache_dir=tmp_path / "cache")
     assert any("images from the decode cache" in message for message in caplog.messages)
+
+
+def test_progress_bars_show_on_a_terminal_only(monkeypatch):
+    import io
+
+    from cifar_lightning.progress import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert list(progress(range(3), "Decoding the test images")) == [0, 1, 2]
+        assert ("Decoding the test images" in stream.getvalue()) is shown

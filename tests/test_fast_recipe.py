@@ -268,3 +268,30 @@ def test_a_checkpoint_calibrated_with_flip_averaging_keeps_it_unless_told_otherw
     assert kept == pytest.approx(with_flip.tolist(), abs=1e-4)
     off = predicted_top_probabilities(monkeypatch, tmp_path / "off", str(calibrated), trained.data_dir, "--model.tta_flip", "false")
     assert off == pytest.approx(without.tolist(), abs=1e-4)
+
+
+def read_checkpoints(monkeypatch) -> list[str]:
+    """Every checkpoint file ``torch.load`` reads from now on (the decode cache's ``.pt`` files aside)."""
+    reads, real_load = [], torch.load
+
+    def counting_load(source, *args, **kwargs):
+        name = str(getattr(source, "path", None) or getattr(source, "name", None) or source)
+        if not name.endswith(".pt"):
+            reads.append(name)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    return reads
+
+
+def test_test_and_calibrate_read_their_checkpoint_file_once(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reads = read_checkpoints(monkeypatch)
+    run_in_process(monkeypatch, "test", "--config", FAST, "--ckpt_path", trained.ckpt,
+                   "--data.data_dir", str(trained.data_dir), "--data.cache_dir", "null", "--trainer.logger", "false",
+                   "--trainer.enable_progress_bar", "false")
+    assert len(reads) == 1, reads  # checked, its settings taken and its weights restored from one read
+    reads.clear()
+    run_in_process(monkeypatch, "calibrate", "--ckpt_path", trained.ckpt, "--output", str(tmp_path / "t.ckpt"),
+                   "--data_dir", str(trained.data_dir), "--val_size", "20", "--cache_dir", "null")
+    assert len(reads) == 1, reads

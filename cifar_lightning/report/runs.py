@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.report.figures import best_point
+from cifar_lightning.summary_writer import hparams_summaries
 
 CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
 # What marks the log of a `fit` run: `test`, `validate` and `predict` runs and failed starts lack one or both.
@@ -182,9 +182,8 @@ def write_hparams_summary(run_dir: str | Path) -> dict[str, float]:
     scores = {f"hp/{tag.replace('/', '_')}": events.Scalars(tag)[-1].value for tag in SUMMARY_SCORES if tag in tags}
     if not scores:
         raise UserInputError(f"{run_dir} logged none of {', '.join(SUMMARY_SCORES)}: nothing to compare runs by.")
-    plain = {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in params.items()}
     with SummaryWriter(str(run_dir), filename_suffix=".hparams") as writer:
-        for summary in hparams(plain, scores):
+        for summary in hparams_summaries(params, list(scores)):
             writer.file_writer.add_summary(summary)
         for tag, value in scores.items():
             writer.add_scalar(tag, value, 0)

@@ -46,11 +46,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         contents = self.preloaded.pop(local_key(path), None) if isinstance(get_filesystem(path), LocalFileSystem) else None
         return contents if contents is not None else super().load_checkpoint(path, *args, **kwargs)
 
-
-def local_key(path: str | os.PathLike) -> str:
-    """One spelling of a local path, whichever way it was written."""
-    return str(Path(path).expanduser().resolve())
-
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
         if not isinstance(get_filesystem(path), LocalFileSystem):
             # Object stores (s3://, gs://) replace an object in one step already.
@@ -58,6 +53,11 @@ def local_key(path: str | os.PathLike) -> str:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}.")
         save_atomically(checkpoint, path)
+
+
+def local_key(path: str | os.PathLike) -> str:
+    """One spelling of a local path, whichever way it was written."""
+    return str(Path(path).expanduser().resolve())
 
 
 class RNGStateCheckpoint(Callback):
