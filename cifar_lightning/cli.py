@@ -51,7 +51,7 @@ from cifar_lightning.calibration.callback import TemperatureScaling
 from cifar_lightning.data.datamodule import CIFAR10DataModule
 from cifar_lightning.errors import ConfigError, UserInputError
 from cifar_lightning.infer.prediction_writer import CSVPredictionWriter
-from cifar_lightning.model.checkpoints import check_checkpoint, check_class_count
+from cifar_lightning.model.checkpoints import check_checkpoint, check_class_count, model_settings
 from cifar_lightning.model.classifier import CIFAR10Classifier
 from cifar_lightning.model.weights import resolve_checkpoint
 from cifar_lightning.precision import auto_precision, uses_cuda
@@ -172,8 +172,7 @@ class CIFAR10CLI(LightningCLI):
         for name in CHECKPOINT_SWITCHES:
             if f"--model.{name}" not in named:
                 given.pop(name, None)
-        hparams = {key: value for key, value in (self.checkpoint.get("hyper_parameters") or {}).items()
-                   if not key.startswith("_")}
+        hparams = model_settings(self.checkpoint)
         hparams.update({name: value for name, value in given.items() if value is not None})
         self.config = parser.parse_object({subcommand: {"model": hparams, "ckpt_path": None}}, self.config)
 

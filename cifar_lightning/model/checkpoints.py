@@ -84,3 +84,9 @@ def check_class_count(model_classes: int, data_classes: int, source: str) -> Non
 
 def first(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def model_settings(checkpoint: Mapping) -> dict:
+    """The model's settings a checkpoint stores (``hyper_parameters``), without Lightning's own
+    bookkeeping entries (``_instantiator`` and the like): what ``CIFAR10Classifier`` takes."""
+    return {key: value for key, value in (checkpoint.get("hyper_parameters") or {}).items() if not key.startswith("_")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.checkpoints import check_checkpoint, model_settings
 from cifar_lightning.model.classifier import CIFAR10Classifier
 from cifar_lightning.model.loading import classifier_from_checkpoint
 from cifar_lightning.model.weights import SHIPPED
@@ -15,7 +15,7 @@ def shipped(name: str, pretrained: bool = True, map_location: str | torch.device
     checkpoint = check_checkpoint(SHIPPED[name].path)
     if pretrained:
         return classifier_from_checkpoint(checkpoint, map_location)
-    hparams = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
+    hparams = model_settings(checkpoint)
     hparams["temperature"] = 1.0  # a temperature belongs to the weights it was fitted for
     return CIFAR10Classifier(**hparams).to(map_location).eval()
 

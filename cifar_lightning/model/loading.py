@@ -11,14 +11,14 @@ import os
 
 import torch
 
-from cifar_lightning.model.checkpoints import check_checkpoint
+from cifar_lightning.model.checkpoints import check_checkpoint, model_settings
 from cifar_lightning.model.classifier import CIFAR10Classifier
 
 
 def classifier_from_checkpoint(checkpoint: dict, map_location: str | torch.device = "cpu") -> CIFAR10Classifier:
     """A ``CIFAR10Classifier`` in eval mode from a checkpoint's contents (as ``check_checkpoint`` returns
     them): what ``CIFAR10Classifier.load_from_checkpoint`` builds, without reading the file again."""
-    hparams = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
+    hparams = model_settings(checkpoint)
     model = CIFAR10Classifier(**hparams)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])

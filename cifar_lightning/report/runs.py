@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.report.figures import best_point
 from cifar_lightning.summary_writer import hparams_summaries
+from cifar_lightning.training.hparams_summary import SCORES, score_tag
 
 CURVE_TAGS = ("train/loss", "val/loss", "train/acc", "val/acc")
 # What marks the log of a `fit` run: `test`, `validate` and `predict` runs and failed starts lack one or both.
@@ -164,9 +165,6 @@ def read_history(path: str | Path) -> tuple[list[int], list[float]]:
         raise UserInputError(f"{path}: a row that is not an epoch number and an accuracy ({error}).") from None
 
 
-SUMMARY_SCORES = tuple(f"{stage}/{score}" for stage in ("val", "test") for score in ("acc", "ece", "nll"))
-
-
 def write_hparams_summary(run_dir: str | Path) -> dict[str, float]:
     """Give a recorded run what ``HParamsSummary`` logs at the end of a run today: an event file in
     ``run_dir`` with the run's hyperparameters (its ``hparams.yaml``) and the last value of each of its
@@ -179,9 +177,9 @@ def write_hparams_summary(run_dir: str | Path) -> dict[str, float]:
     params = {key: value for key, value in (yaml.safe_load(saved.read_text()) or {}).items() if not key.startswith("_")}
     events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0, IMAGES: 1}).Reload()
     tags = set(events.Tags()["scalars"])
-    scores = {f"hp/{tag.replace('/', '_')}": events.Scalars(tag)[-1].value for tag in SUMMARY_SCORES if tag in tags}
+    scores = {score_tag(tag): events.Scalars(tag)[-1].value for tag in SCORES if tag in tags}
     if not scores:
-        raise UserInputError(f"{run_dir} logged none of {', '.join(SUMMARY_SCORES)}: nothing to compare runs by.")
+        raise UserInputError(f"{run_dir} logged none of {', '.join(SCORES)}: nothing to compare runs by.")
     with SummaryWriter(str(run_dir), filename_suffix=".hparams") as writer:
         for summary in hparams_summaries(params, list(scores)):
             writer.file_writer.add_summary(summary)
