@@ -1,5 +1,5 @@
 """How checkpoints hold up on common corruptions: accuracy on the 15 CIFAR-10-C corruptions at five
-severities (``cifar_lightning/corruptions.py``), their mean, the mean over the corruptions no robust
+severities (``cifar_lightning/robustness/corruptions.py``), their mean, the mean over the corruptions no robust
 recipe of this project trains on (*unseen*; ``SEEN_IN_TRAINING`` lists the others), the share of
 clean accuracy each keeps, and JPEG at quality 75.
 

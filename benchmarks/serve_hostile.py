@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -43,8 +44,6 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 def gif_bomb(width: int = 13000, height: int = 13000) -> bytes:
     """35 bytes of GIF whose header declares width x height pixels."""
-    import struct
-
     screen = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
     frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
     return screen + frame + b"\x3b"

@@ -48,9 +48,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from PIL import Image
 
 from cifar_lightning.cli import cli_main
-from cifar_lightning.data.sources import find_layout
+from cifar_lightning.data.sources import CIFAR10_CLASSES, find_layout
 from cifar_lightning.errors import UserInputError
 from cifar_lightning.model.classifier import CIFAR10Classifier
 from cifar_lightning.precision import auto_precision, cpu_name
@@ -268,10 +269,6 @@ class Run:
 
 def synthetic_folder(root: Path, per_class: int) -> Path:
     """A CIFAR-10-shaped image folder of random images, for machines without the data set."""
-    from PIL import Image
-
-    from cifar_lightning.data.sources import CIFAR10_CLASSES
-
     generator = torch.Generator().manual_seed(0)
     for split, n in (("train", per_class), ("test", max(per_class // 5, 10))):
         for name in CIFAR10_CLASSES:
