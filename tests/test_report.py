@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_report_passes_over_newer_runs_without_training_scalars(trained, tmp_pat
     (log_dir / "version_2").mkdir()
     assert find_run_dir(log_dir) == log_dir / "version_0"
     written = make_report(log_dir=str(log_dir), out=str(tmp_path / "report"))
-    assert set(written) == {"curves"} and written["curves"].is_file()  # no checkpoint: the log's pictures only
+    assert set(written) == {"curves", "metrics"} and written["curves"].is_file()  # no checkpoint: the log's only
     printed = capsys.readouterr().out
     assert f"Training curves from {log_dir / 'version_0'}" in printed
     assert "passed over 1 newer run(s) without train/loss: version_1" in printed
@@ -127,6 +128,12 @@ def test_a_resumed_fit_is_drawn_from_all_its_runs(tmp_path):
     assert newest == log_dir / "version_2"
     assert curves["val/acc"] == (list(range(8)), pytest.approx([0.2] * 4 + [0.3] * 4))
     assert f"resumed from {log_dir / 'version_1'} (epochs 0-4)" in line
+    written = make_report(log_dir=str(log_dir), out=str(tmp_path / "report"))
+    with open(written["metrics"], newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["epoch"] for row in rows] == [str(epoch) for epoch in range(8)]  # one row an epoch, joined
+    assert [float(row["val/acc"]) for row in rows] == pytest.approx([0.2] * 4 + [0.3] * 4)
+    assert list(rows[0]) == ["epoch", "train/loss", "val/acc"]
 
 
 def test_only_logs_without_training_scalars_are_an_error(tmp_path):

@@ -5,7 +5,8 @@ loss and accuracy curves (read with TensorBoard's own ``EventAccumulator``), pre
 examples, the confusion matrix and per-class accuracy (torchmetrics), the reliability diagram of
 the predicted probabilities (as trained and at the checkpoint's temperature), plus a Markdown table;
 with ``--compare_history``, the validation curve beside another run's (the original Keras
-run's per-epoch log, ``docs/original/history.csv``).
+run's per-epoch log, ``docs/original/history.csv``). From the log, also ``metrics.csv``: one row per
+epoch of the curves' scalars, a resumed run's parts joined, for pandas.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from cifar_lightning.report.runs import (
     read_history,
     training_curves,
     write_hparams_summary,
+    write_metrics_csv,
 )
 
 
@@ -141,6 +143,7 @@ def make_report(
         fig = curves_figure(curves, best_epoch(curves), checkpoint_epoch)
         fig.suptitle(f"Training curves of {run}", fontsize=9)
         written["curves"] = save(fig, out_dir / "training_curves.png")
+        written["metrics"] = write_metrics_csv(curves, out_dir / "metrics.csv")
     if history is not None:
         if "val/acc" not in curves:
             raise UserInputError(f"{run} logged no val/acc (it held no images out: data.val_size 0), so there is no "

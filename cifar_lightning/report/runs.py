@@ -143,6 +143,22 @@ def training_curves(log_dir: str | Path) -> tuple[Curves, Path, str]:
     return curves, newest, line
 
 
+def write_metrics_csv(curves: Curves, path: Path) -> Path:
+    """The curves as one row per epoch (``epoch``, then each tag's last value in that epoch; empty
+    where a tag has none), for reading with pandas or a spreadsheet; a resumed run's parts are
+    already joined in ``curves``."""
+    tags = [tag for tag in CURVE_TAGS if tag in curves]
+    rows: dict[int, dict[str, float]] = {}
+    for tag in tags:
+        for epoch, value in zip(*curves[tag]):
+            rows.setdefault(epoch, {})[tag] = value
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["epoch", *tags])
+        writer.writeheader()
+        writer.writerows({"epoch": epoch, **rows[epoch]} for epoch in sorted(rows))
+    return path
+
+
 def best_epoch(curves: Curves) -> int | None:
     """The epoch ModelCheckpoint keeps: the first with the highest ``val/acc``."""
     return best_point(*curves["val/acc"])[0] if "val/acc" in curves else None
