@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
 
@@ -174,18 +175,23 @@ def markdown(results: dict[str, dict], what: str, anchors: dict | None = None) -
 
 
 def figure(results: dict[str, dict], what: str) -> Figure:
-    fig = Figure(figsize=(5.2 * len(results), 4.8), layout="constrained")
+    """One panel per model, a line per corruption: solid where unseen in training, dashed where seen."""
+    fig = Figure(figsize=(5.6 * len(results), 6.0), layout="constrained")
     axes = fig.subplots(1, len(results), squeeze=False, sharey=True)[0]
+    colours = matplotlib.colormaps["tab20"].colors
     for ax, (name, result) in zip(axes, results.items()):
-        for corruption, accuracies in result["corruptions"].items():
-            ax.plot(SEVERITIES, accuracies, marker=".", label=corruption)
-        ax.axhline(result["clean"], color="black", linestyle="--", label="clean")
-        ax.set(title=f"{name}\nclean {result['clean']:.3f}, corruption mean {result['mean']:.3f} "
-                     f"({result['kept']:.0%} kept; unseen {result['kept_unseen']:.0%})", xlabel="severity", xticks=SEVERITIES, ylim=(0, 1))
+        for i, (corruption, accuracies) in enumerate(result["corruptions"].items()):
+            seen = corruption in SEEN_IN_TRAINING
+            ax.plot(SEVERITIES, accuracies, marker=".", color=colours[i % len(colours)], linestyle="--" if seen else "-",
+                    label=f"{corruption} (seen)" if seen else corruption)
+        ax.axhline(result["clean"], color="black", linestyle=":", label="clean")
+        ax.set_title(f"{name}\nclean {result['clean']:.3f}, mean of 15 {result['mean']:.3f} ({result['kept']:.1%} kept)\n"
+                     f"mean of the unseen {result['mean_unseen']:.3f} ({result['kept_unseen']:.1%} kept)", fontsize=9)
+        ax.set(xlabel="severity", xticks=SEVERITIES, ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=8, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, frameon=False, fontsize=8)
     fig.suptitle(f"Accuracy under common corruptions (CIFAR-10-C definitions), {what}", fontsize=10)
     return fig
 

@@ -51,10 +51,11 @@ SHIPPED = {
         ),
         Weights(
             name="cifar10_cnn_robust",
-            sha256="5723c17541aab64e3020bf722fc97270607e25fdc174c403060a48d1ce88cd23",
+            sha256="9df6e53b762f033d11e4544f828364cf3521894d877572c045c34e786fdf8204",
             config="configs/robust.yaml",
-            summary="30 epochs with JPEG, AugMix, noise and lowered contrast, flip averaging: the recommended model",
-            metrics={"test_accuracy": 0.8817, "test_ece": 0.0098, "temperature": 0.7382},
+            summary=("50 epochs, half of each batch with JPEG, AugMix, noise and lowered contrast, flip averaging: "
+                     "the recommended model"),
+            metrics={"test_accuracy": 0.9023, "test_ece": 0.0088, "temperature": 0.7210},
         ),
     )
 }
