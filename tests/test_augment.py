@@ -157,3 +157,62 @@ def test_contrast_refuses_settings_outside_zero_to_one(settings):
 
     with pytest.raises(ConfigError, match="must be in \\[0, 1\\]"):
         BatchRandomContrast(**settings)
+
+
+class Fill(torch.nn.Module):
+    """A batch augmentation that marks its images: every pixel becomes ``value`` (a float)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full(images.shape, self.value)
+
+
+def test_split_batch_gives_the_first_share_of_the_batch_heavy_and_the_rest_light():
+    from cifar_lightning.data.augment import SplitBatch
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    out = SplitBatch(heavy=Fill(0.25), light=Fill(0.75), heavy_fraction=0.25)(images)
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert torch.all(out[:2] == 0.25) and torch.all(out[2:] == 0.75)
+    assert torch.all(SplitBatch(heavy=Fill(0.25), light=Fill(0.75), heavy_fraction=0.0)(images) == 0.75)
+    assert torch.all(SplitBatch(heavy=Fill(0.25), light=Fill(0.75), heavy_fraction=1.0)(images) == 0.25)
+
+
+def test_split_batch_refuses_a_fraction_outside_zero_to_one():
+    from cifar_lightning.data.augment import SplitBatch
+    from cifar_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="heavy_fraction must be in \\[0, 1\\]"):
+        SplitBatch(heavy=Fill(0.0), light=Fill(1.0), heavy_fraction=1.5)
+
+
+class OneDrawPerCall(torch.nn.Module):
+    """Like torchvision's v2 transforms on a batch: one random draw for every image it is given."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full(images.shape, torch.rand(()).item())
+
+
+def test_per_group_gives_each_slice_of_the_batch_its_own_draw():
+    from cifar_lightning.data.augment import PerGroup
+
+    torch.manual_seed(0)
+    out = PerGroup(OneDrawPerCall(), groups=4)(torch.zeros(8, 3, 32, 32))
+    per_image = out.flatten(1)
+    assert torch.all(per_image == per_image[:, :1])  # one value an image
+    values = per_image[:, 0]
+    assert torch.equal(values[0::2], values[1::2])  # the two images of a slice share their draw
+    assert len(set(values.tolist())) == 4  # four slices, four draws
+
+
+def test_view_pairs_stacks_a_light_and_a_heavy_view_of_the_same_images():
+    from cifar_lightning.data.augment import ViewPairs
+
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    out = ViewPairs(heavy=Fill(0.25), light=torch.nn.Identity())(images)
+    assert out.shape == (10, 3, 32, 32) and out.dtype == torch.float32
+    assert torch.equal(out[:5], images.float() / 255)  # the light view first, scaled as Keras does
+    assert torch.all(out[5:] == 0.25)

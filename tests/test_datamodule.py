@@ -183,3 +183,16 @@ def test_progress_bars_show_on_a_terminal_only(monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         assert list(progress(range(3), "Decoding the test images")) == [0, 1, 2]
         assert ("Decoding the test images" in stream.getvalue()) is shown
+
+
+def test_labels_follow_an_augmentation_that_gives_every_image_two_views(image_folder, tmp_path):
+    from cifar_lightning.data.augment import ViewPairs
+
+    dm = make_datamodule(image_folder, tmp_path, augment=ViewPairs(heavy=BatchRandomCrop(), light=torch.nn.Identity()))
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(training=True)
+    batch = dm.train_set.__getitems__(list(range(6)))
+    images, labels = dm.on_after_batch_transfer(batch, 0)
+    assert images.shape == (12, 3, 32, 32)
+    assert torch.equal(labels, torch.cat([batch[1], batch[1]]))
+    assert torch.equal(images[:6], batch[0].float() / 255)

@@ -84,7 +84,8 @@ def test_optimizer_is_nadam_with_keras_epsilon():
     "kwargs, message",
     [({"lr": 0}, "lr must be greater than 0"), ({"dense_dropout": 1.0}, "dropout"),
      ({"conv_dropout": (0.2, -0.1, 0.3)}, "dropout"), ({"momentum": 1.0}, "momentum must be in"),
-     ({"warmup_fraction": 0.0}, "warmup_fraction must be in"), ({"weight_decay": -1e-4}, "weight_decay must be")],
+     ({"warmup_fraction": 0.0}, "warmup_fraction must be in"), ({"weight_decay": -1e-4}, "weight_decay must be"),
+     ({"consistency_weight": -1.0}, "consistency_weight must be at least 0")],
 )
 def test_nonsense_settings_are_rejected_with_a_clear_message(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -132,3 +133,45 @@ def test_folded_inference_network_computes_the_same_logits_without_batchnorm():
     model.load_state_dict(before)
     assert model.inference_net() is not refolded
     assert model.train().inference_net() is model.net  # training mode: BatchNorm uses batch statistics, no folding
+
+
+def test_view_consistency_is_the_jensen_shannon_divergence_of_the_two_views():
+    from cifar_lightning.model.classifier import view_consistency
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 10, (6,)).repeat(2)
+    same = torch.randn(6, 10).repeat(2, 1)
+    assert view_consistency(same, labels).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.randn(12, 10) * 3
+    p, q = logits.softmax(1).view(2, 6, 10)
+    m = (p + q) / 2
+    js = 0.5 * (p * (p / m).log()).sum(1) + 0.5 * (q * (q / m).log()).sum(1)  # per image, from its definition
+    assert view_consistency(logits, labels).item() == pytest.approx(js.mean().item(), rel=1e-5)
+    assert 0 < js.max().item() <= math.log(2)
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0, 1, 2, 0, 1, 3]), torch.tensor([0, 1, 2, 0, 1])])
+def test_view_consistency_refuses_a_batch_that_is_not_two_views_of_each_image(labels):
+    from cifar_lightning.errors import ConfigError
+    from cifar_lightning.model.classifier import view_consistency
+
+    with pytest.raises(ConfigError, match="ViewPairs"):
+        view_consistency(torch.randn(len(labels), 10), labels)
+
+
+def test_training_loss_adds_the_weighted_consistency_term():
+    from cifar_lightning.model.classifier import view_consistency
+
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 32, 32)
+    labels = torch.randint(0, 10, (4,)).repeat(2)
+    plain = CIFAR10Classifier(label_smoothing=0.1, conv_dropout=(0, 0, 0), dense_dropout=0.0)
+    weighted = CIFAR10Classifier(label_smoothing=0.1, conv_dropout=(0, 0, 0), dense_dropout=0.0, consistency_weight=12.0)
+    weighted.load_state_dict(plain.state_dict())
+    plain.train(), weighted.train()
+    with torch.no_grad():
+        base = plain.training_step((images, labels), 0)["loss"]
+        total = weighted.training_step((images, labels), 0)["loss"]
+        term = view_consistency(weighted(images), labels)
+    assert term > 0
+    assert total.item() == pytest.approx(base.item() + 12.0 * term.item(), rel=1e-4)

@@ -258,6 +258,28 @@ class SplitBatch(nn.Module):
         return f"heavy_fraction={self.heavy_fraction}"
 
 
+class ViewPairs(nn.Module):
+    """Every image twice: once through ``light``, once through ``heavy``, stacked as
+    ``[light(x), heavy(x)]`` (2B images), so that the model can ask both views of one image for the
+    same prediction: AugMix's Jensen-Shannon consistency loss (Hendrycks et al. 2020;
+    ``CIFAR10Classifier(consistency_weight=...)``). The data module repeats the labels to match.
+
+    Args:
+        heavy: Augmentation of the second view (uint8 in, float or uint8 out).
+        light: Augmentation of the first view (the same contract).
+    """
+
+    views = 2
+
+    def __init__(self, heavy: nn.Module, light: nn.Module):
+        super().__init__()
+        self.heavy = heavy
+        self.light = light
+
+    def forward(self, images: Tensor) -> Tensor:
+        return torch.cat([to_unit_float(self.light(images)), to_unit_float(self.heavy(images))])
+
+
 class PerGroup(nn.Module):
     """Apply a transform to each of ``groups`` slices of the batch separately, so each slice draws its own
     random parameters. torchvision's v2 transforms draw one set for a whole batch (``AugMix`` one chain

@@ -211,7 +211,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         training = self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list))
         if training and self.augment is not None:
             images, labels = batch
-            return self.augment(images), labels
+            augmented = self.augment(images)
+            # An augmentation that gives each image several views (ViewPairs) stacks them: labels follow.
+            return augmented, labels.repeat(augmented.shape[0] // max(len(labels), 1))
         return batch
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
