@@ -4,6 +4,7 @@ test` itself, through .ci/run.)"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -14,8 +15,13 @@ from conftest import REPO
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
+# The Makefile's variables, which make also takes from the environment (.ci/run exports TORCH_INDEX=).
+MAKE_VARIABLES = ("PYTHON", "VENV", "DATA_DIR", "TORCH_INDEX", "ARGS", "MAKEFLAGS")
+
+
 def dry_run(*args: str) -> list[str]:
-    result = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True)
+    env = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
+    result = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True, env=env)
     return result.stdout.splitlines()
 
 
