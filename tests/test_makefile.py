@@ -16,12 +16,12 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 # The Makefile's variables, which make also takes from the environment (.ci/run exports TORCH_INDEX=).
-MAKE_VARIABLES = ("PYTHON", "VENV", "DATA_DIR", "TORCH_INDEX", "ARGS", "MAKEFLAGS")
+MAKE_VARIABLES = ("PYTHON", "VENV", "DATA_DIR", "TORCH_INDEX", "ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 
 
 def dry_run(*args: str) -> list[str]:
     env = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
-    result = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True, env=env)
+    result = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True, env=env)
     return result.stdout.splitlines()
 
 
