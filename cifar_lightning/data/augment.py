@@ -269,8 +269,6 @@ class ViewPairs(nn.Module):
         light: Augmentation of the first view (the same contract).
     """
 
-    views = 2
-
     def __init__(self, heavy: nn.Module, light: nn.Module):
         super().__init__()
         self.heavy = heavy

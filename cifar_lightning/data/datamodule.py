@@ -212,8 +212,9 @@ class CIFAR10DataModule(L.LightningDataModule):
         if training and self.augment is not None:
             images, labels = batch
             augmented = self.augment(images)
-            # An augmentation that gives each image several views (ViewPairs) stacks them: labels follow.
-            return augmented, labels.repeat(augmented.shape[0] // max(len(labels), 1))
+            if len(augmented) != len(labels):  # several views of each image, stacked (ViewPairs): labels follow
+                labels = labels.repeat(len(augmented) // len(labels))
+            return augmented, labels
         return batch
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
