@@ -196,9 +196,23 @@ def figure(results: dict[str, dict], what: str) -> Figure:
     return fig
 
 
+def model_names(paths: list[str]) -> list[str]:
+    """A name per checkpoint for the tables: the file's stem, with its folder's name before it where
+    stems repeat (Lightning names every run's checkpoint ``last.ckpt``), so that no model silently
+    takes another's place in the results."""
+    stems = [Path(path).stem for path in paths]
+    names = [f"{Path(path).parent.name}/{stem}" if stems.count(stem) > 1 else stem for path, stem in zip(paths, stems)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserInputError(f"--ckpt_path names {', '.join(repeated)} more than once: give each checkpoint once, "
+                             f"from folders of different names")
+    return names
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parse_args(argv)
     try:
+        names = model_names(args.ckpt_path)
         for path in args.ckpt_path:
             check_checkpoint(path)
         images, labels, what = evaluation_images(args)
@@ -212,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         where = torch.cuda.get_device_name(device)
     else:
         where = f"{cpu_name()}, {torch.get_num_threads()} threads"
-    models = {Path(path).stem: load_classifier(path).to(device) for path in args.ckpt_path}
+    models = {name: load_classifier(path).to(device) for name, path in zip(names, args.ckpt_path)}
     print(f"Scoring {', '.join(models)} on {what}; torch {torch.__version__}, {where}, float32", flush=True)
     start = time.perf_counter()
     results = score(models, images, labels, args)

@@ -153,6 +153,22 @@ def test_corruption_benchmark_refuses_a_missing_checkpoint(tmp_path):
         benchmark.main(["--ckpt_path", str(tmp_path / "none.ckpt"), "--data_dir", str(tmp_path)])
 
 
+def test_corruption_benchmark_names_runs_last_checkpoints_by_their_folders():
+    # Every run's checkpoint is last.ckpt: keyed by the stem alone, the second model replaced the first.
+    benchmark = load_benchmark("corruptions")
+    assert benchmark.model_names(["runs/seed1/last.ckpt", "runs/seed2/last.ckpt", "cifar10_cnn"]) == \
+        ["seed1/last", "seed2/last", "cifar10_cnn"]
+    assert benchmark.model_names(["a/r6.ckpt", "b/r7.ckpt"]) == ["r6", "r7"]
+
+
+def test_corruption_benchmark_refuses_the_same_checkpoint_twice_before_any_work(tmp_path):
+    benchmark = load_benchmark("corruptions")
+    with pytest.raises(SystemExit, match="names seed1/last more than once: give each checkpoint once"):
+        benchmark.main(["--ckpt_path", "seed1/last.ckpt", "seed1/last.ckpt", "--data_dir", str(tmp_path),
+                        "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_ece_floor_is_what_calibrated_labels_measure_and_a_miscalibrated_model_exceeds_it():
     ece_floor = load_benchmark("ece_floor")
     from cifar_lightning.calibration.temperature import calibration_scores
