@@ -236,3 +236,7 @@ def test_hparams_summary_gives_a_recorded_run_its_hyperparameters_and_final_scor
     assert start.hparams["conv_dropout"].string_value == "[0.1, 0.1, 0.2]"
     assert events.Scalars("hp/val_acc")[-1].value == pytest.approx(0.65)  # the last value, not the best
     assert events.Scalars("hp/test_acc")[-1].value == pytest.approx(0.66)
+    # Run again, it leaves the run as it is rather than adding a second summary of the same run.
+    files = sorted(run.iterdir())
+    assert make_report(log_dir=str(tmp_path / "logs"), hparams_summary=True) == {}
+    assert sorted(run.iterdir()) == files

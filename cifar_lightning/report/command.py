@@ -43,6 +43,7 @@ from cifar_lightning.report.runs import (
     best_epoch,
     epochs_of,
     find_run_dirs,
+    has_hparams_summary,
     read_history,
     training_curves,
     write_hparams_summary,
@@ -113,6 +114,7 @@ def make_report(
         hparams_summary: Instead of pictures: give every run under ``log_dir`` that has an
             ``hparams.yaml`` the HParams summary that ``fit`` logs today (hyperparameters and final
             ``val/*``, ``test/*`` scores), so runs recorded before it compare in TensorBoard's HParams tab.
+            Runs that have one already are left as they are.
     """
     if hparams_summary:
         if log_dir is None:
@@ -121,6 +123,9 @@ def make_report(
         if not runs:
             raise UserInputError(f"No run under {log_dir} has an hparams.yaml (the file fit writes beside its log).")
         for run in runs:
+            if has_hparams_summary(run):
+                print(f"{run}: has an HParams summary already; left as it is")
+                continue
             scores = write_hparams_summary(run)
             print(f"{run}: " + ", ".join(f"{tag} {value:.4f}" for tag, value in scores.items()))
         return {}

@@ -181,6 +181,16 @@ def read_history(path: str | Path) -> tuple[list[int], list[float]]:
         raise UserInputError(f"{path}: a row that is not an epoch number and an accuracy ({error}).") from None
 
 
+def has_hparams_summary(run_dir: str | Path) -> bool:
+    """Whether a run's event files already hold an HParams summary (its ``fit`` logged one, or an
+    earlier ``report --hparams_summary`` did): a second would only repeat the run in the tab."""
+    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 1, IMAGES: 1}).Reload()
+    try:
+        return bool(events.PluginTagToContent("hparams"))
+    except KeyError:  # no event of the hparams plugin
+        return False
+
+
 def write_hparams_summary(run_dir: str | Path) -> dict[str, float]:
     """Give a recorded run what ``HParamsSummary`` logs at the end of a run today: an event file in
     ``run_dir`` with the run's hyperparameters (its ``hparams.yaml``) and the last value of each of its
