@@ -43,7 +43,6 @@ from cifar_lightning.report.runs import (
     best_epoch,
     epochs_of,
     find_run_dirs,
-    has_hparams_summary,
     read_history,
     training_curves,
     write_hparams_summary,
@@ -123,11 +122,11 @@ def make_report(
         if not runs:
             raise UserInputError(f"No run under {log_dir} has an hparams.yaml (the file fit writes beside its log).")
         for run in runs:
-            if has_hparams_summary(run):
-                print(f"{run}: has an HParams summary already; left as it is")
-                continue
             scores = write_hparams_summary(run)
-            print(f"{run}: " + ", ".join(f"{tag} {value:.4f}" for tag, value in scores.items()))
+            if scores is None:
+                print(f"{run}: has an HParams summary already; left as it is")
+            else:
+                print(f"{run}: " + ", ".join(f"{tag} {value:.4f}" for tag, value in scores.items()))
         return {}
     if ckpt_path is None and log_dir is None:
         raise UserInputError("Nothing to draw: pass --ckpt_path (pictures of a model), --log_dir (training "

@@ -181,27 +181,23 @@ def read_history(path: str | Path) -> tuple[list[int], list[float]]:
         raise UserInputError(f"{path}: a row that is not an epoch number and an accuracy ({error}).") from None
 
 
-def has_hparams_summary(run_dir: str | Path) -> bool:
-    """Whether a run's event files already hold an HParams summary (its ``fit`` logged one, or an
-    earlier ``report --hparams_summary`` did): a second would only repeat the run in the tab."""
-    events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 1, IMAGES: 1}).Reload()
-    try:
-        return bool(events.PluginTagToContent("hparams"))
-    except KeyError:  # no event of the hparams plugin
-        return False
-
-
-def write_hparams_summary(run_dir: str | Path) -> dict[str, float]:
+def write_hparams_summary(run_dir: str | Path) -> dict[str, float] | None:
     """Give a recorded run what ``HParamsSummary`` logs at the end of a run today: an event file in
     ``run_dir`` with the run's hyperparameters (its ``hparams.yaml``) and the last value of each of its
     ``val/*`` and ``test/*`` scores as ``hp/val_acc`` and so on, for TensorBoard's HParams tab.
-    Returns the scores written."""
+    Returns the scores written, or None where the run has an HParams summary already (its ``fit``
+    logged one, or an earlier report did): a second would only repeat the run in the tab."""
     run_dir = Path(run_dir)
     saved = run_dir / "hparams.yaml"
     if not saved.is_file():
         raise UserInputError(f"{run_dir} has no hparams.yaml: pass --log_dir one run of a fit (its version folder).")
     params = {key: value for key, value in (yaml.safe_load(saved.read_text()) or {}).items() if not key.startswith("_")}
     events = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0, IMAGES: 1}).Reload()
+    try:
+        if events.PluginTagToContent("hparams"):
+            return None
+    except KeyError:  # no event of the hparams plugin: the run has no summary yet
+        pass
     tags = set(events.Tags()["scalars"])
     scores = {score_tag(tag): events.Scalars(tag)[-1].value for tag in SCORES if tag in tags}
     if not scores:
