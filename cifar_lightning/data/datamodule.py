@@ -25,21 +25,30 @@ from cifar_lightning.robustness.jpeg import check_jpeg_quality, reencode_jpeg
 
 
 class InMemoryImages(Dataset):
-    """Images and labels held as tensors; ``__getitems__`` hands out whole batches by fancy indexing."""
+    """Images and labels held as tensors; ``__getitems__`` hands out whole batches by fancy indexing.
+
+    ``targets``, where set (one row per image, e.g. a teacher's log-probabilities for distillation),
+    come as a third element of every item and batch.
+    """
 
     def __init__(self, split: Split):
         self.images, self.labels = split.images, split.labels
+        self.targets: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        if self.targets is None:
+            return self.images[index], self.labels[index]
+        return self.images[index], self.labels[index], self.targets[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         # One gather per batch instead of one __getitem__ and a collate per image.
         index = torch.as_tensor(indices)
-        return self.images[index], self.labels[index]
+        if self.targets is None:
+            return self.images[index], self.labels[index]
+        return self.images[index], self.labels[index], self.targets[index]
 
 
 class NamedImages(InMemoryImages):
@@ -205,16 +214,26 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.skipped_files = folder.skipped
         return NamedImages(Split(folder.images, folder.labels), folder.paths)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+    def set_train_targets(self, targets: Tensor) -> None:
+        """Give every training image a row of ``targets`` (a teacher's log-probabilities: ``training.distillation``),
+        handed out with its image and label as the third element of each training batch."""
+        if self.train_set is None:
+            raise ConfigError("set_train_targets needs the training split: call setup('fit') first.")
+        if len(targets) != len(self.train_set):
+            raise ConfigError(f"{len(targets)} targets for {len(self.train_set)} training images: one row per image is needed.")
+        self.train_set.targets = targets
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, ...], dataloader_idx: int) -> tuple[Tensor, ...]:
         """Training batches are augmented here, after the copy, so on a GPU it runs on the GPU: uint8 in,
         float in [0, 1] out. Evaluation batches stay uint8 (the model scales them)."""
         training = self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list))
         if training and self.augment is not None:
-            images, labels = batch
+            images, *per_image = batch  # labels, and the targets where set
             augmented = self.augment(images)
-            if len(augmented) != len(labels):  # several views of each image, stacked (ViewPairs): labels follow
-                labels = labels.repeat(len(augmented) // len(labels))
-            return augmented, labels
+            if len(augmented) != len(images):  # several views of each image, stacked (ViewPairs): the rest follows
+                views = len(augmented) // len(images)
+                per_image = [t.repeat(views, *([1] * (t.dim() - 1))) for t in per_image]
+            return augmented, *per_image
         return batch
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:

@@ -76,6 +76,13 @@ class CIFAR10Classifier(L.LightningModule):
             (``cifar_lightning.data.augment.ViewPairs``), and the loss adds w times the Jensen-Shannon
             divergence between the two views' predicted distributions (AugMix's consistency loss;
             its authors used 12 with three views). 0: off.
+        distill_weight: Share of the loss given to a teacher's predictions (knowledge distillation,
+            Hinton et al. 2015): training batches then carry the teacher's log-probabilities of each
+            image (``cifar_lightning.training.distillation.Distillation``, a callback), and the loss is
+            ``(1 - w)`` times the cross-entropy plus ``w`` times the divergence from the teacher at
+            ``distill_temperature`` (``distillation_loss``). 0: off.
+        distill_temperature: Softens both distributions of the distillation term, so that the
+            teacher's probabilities of the wrong classes (which of them it confuses) carry weight.
         compile: ``torch.compile`` the network when training starts (worth it on a GPU for long
             runs; on a 2-core CPU it cost ~30 s and gained nothing measurable).
     """
@@ -104,6 +111,8 @@ class CIFAR10Classifier(L.LightningModule):
         tta_translate: int = 0,
         temperature: float = 1.0,
         consistency_weight: float = 0.0,
+        distill_weight: float = 0.0,
+        distill_temperature: float = 4.0,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -111,7 +120,8 @@ class CIFAR10Classifier(L.LightningModule):
                        label_smoothing=label_smoothing, std=std, class_names=class_names,
                        momentum=momentum, warmup_fraction=warmup_fraction, weight_decay=weight_decay,
                        bn_momentum=bn_momentum, temperature=temperature, tta_translate=tta_translate,
-                       consistency_weight=consistency_weight)
+                       consistency_weight=consistency_weight, distill_weight=distill_weight,
+                       distill_temperature=distill_temperature)
         self.save_hyperparameters()
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
@@ -190,10 +200,18 @@ class CIFAR10Classifier(L.LightningModule):
         """Loss, accuracy and their logging; returns the loss and, when evaluating, ``log_probs``: the log
         class probabilities ``predict_proba`` gives (callbacks reuse them). Evaluation scores what ``predict_proba`` gives (temperature and flip
         average included): ``loss`` and ``nll`` are then the same number, ``ece`` the calibration error."""
-        images, labels = batch
+        images, labels, *teacher = batch
         if stage == "train":
             scores = self(images)
             loss = F.cross_entropy(scores, labels, label_smoothing=self.hparams.label_smoothing)
+            distill_weight = self.hparams.distill_weight
+            if distill_weight > 0:
+                if not teacher:
+                    raise ConfigError("model.distill_weight needs a teacher's predictions with every training batch: add "
+                                      "the callback cifar_lightning.training.distillation.Distillation (its teacher: "
+                                      "a checkpoint), or set distill_weight to 0.")
+                soft = distillation_loss(scores, teacher[0], self.hparams.distill_temperature)
+                loss = (1 - distill_weight) * loss + distill_weight * soft
             if self.hparams.consistency_weight > 0:
                 # The views' labels are checked on the first step only: the check waits for the device.
                 check = self.global_step == 0
@@ -299,11 +317,25 @@ def view_consistency(logits: Tensor, labels: Tensor, views: int = 2, check: bool
     return sum(F.kl_div(log_mixture, p, reduction="batchmean") for p in probs) / views
 
 
+def distillation_loss(logits: Tensor, teacher_log_probs: Tensor, temperature: float) -> Tensor:
+    """KL(teacher || student), both softened by ``temperature``, times its square (Hinton et al. 2015: it
+    keeps the gradients' size independent of the temperature). The teacher comes as log-probabilities
+    at temperature 1: dividing them by ``temperature`` before a softmax softens them as dividing its
+    logits would."""
+    student = F.log_softmax(logits.float() / temperature, dim=1)
+    target = F.log_softmax(teacher_log_probs.float() / temperature, dim=1)
+    return F.kl_div(student, target, log_target=True, reduction="batchmean") * temperature ** 2
+
+
 def check_settings(*, lr, conv_dropout, dense_dropout, label_smoothing, std, class_names,
                    momentum, warmup_fraction, weight_decay, bn_momentum, temperature, tta_translate=0,
-                   consistency_weight=0.0) -> None:
+                   consistency_weight=0.0, distill_weight=0.0, distill_temperature=4.0) -> None:
     """Reject values that would train nonsense, naming the setting and its valid range."""
     problems = []
+    if not 0 <= distill_weight <= 1:
+        problems.append(f"distill_weight must be in [0, 1] (0: off), got {distill_weight}")
+    if not is_valid_temperature(distill_temperature):
+        problems.append(f"distill_temperature must be a finite number greater than 0, got {distill_temperature}")
     if consistency_weight < 0:
         problems.append(f"consistency_weight must be at least 0 (0: off), got {consistency_weight}")
     if not 0 <= tta_translate <= 8:
