@@ -25,11 +25,11 @@ def test_short_real_training_beats_chance_clearly(real_data, decode_cache):
 # its own flip-averaging setting (the one its temperature was fitted for).
 SHIPPED = {
     "cifar10_cnn.ckpt": 0.8970,  # configs/base.yaml, the original recipe, best of 173 epochs
-    "cifar10_cnn_robust.ckpt": 0.9023,  # configs/robust.yaml, 50 epochs, seed 0, flip averaging
+    "cifar10_cnn_robust.ckpt": 0.9099,  # configs/robust.yaml, 60 epochs, seed 0, flip averaging
 }
 SHIPPED_TTA_FLIP = {"cifar10_cnn.ckpt": False, "cifar10_cnn_robust.ckpt": True}
 # Their test ECE at their temperatures, as docs/calibration.md states it (T = 1: 3.24% and 4.92%).
-SHIPPED_ECE = {"cifar10_cnn.ckpt": 0.0065, "cifar10_cnn_robust.ckpt": 0.0088}
+SHIPPED_ECE = {"cifar10_cnn.ckpt": 0.0065, "cifar10_cnn_robust.ckpt": 0.0049}
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -51,11 +51,11 @@ SHIPPED = {
         ),
         Weights(
             name="cifar10_cnn_robust",
-            sha256="9df6e53b762f033d11e4544f828364cf3521894d877572c045c34e786fdf8204",
+            sha256="c4e392860fc2b8f43718a9927eee3c65bd4c67eb09b1a0ae02bac330b02af134",
             config="configs/robust.yaml",
-            summary=("50 epochs, half of each batch with JPEG, AugMix, noise and lowered contrast, flip averaging: "
-                     "the recommended model"),
-            metrics={"test_accuracy": 0.9023, "test_ece": 0.0088, "temperature": 0.7210},
+            summary=("60 epochs without dropout, half of each batch with JPEG, AugMix, noise and lowered contrast, "
+                     "flip averaging: the recommended model"),
+            metrics={"test_accuracy": 0.9099, "test_ece": 0.0049, "temperature": 0.6900},
         ),
     )
 }
