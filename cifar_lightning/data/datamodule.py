@@ -39,16 +39,15 @@ class InMemoryImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
-        if self.targets is None:
-            return self.images[index], self.labels[index]
-        return self.images[index], self.labels[index], self.targets[index]
+        return self._rows(index)
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         # One gather per batch instead of one __getitem__ and a collate per image.
-        index = torch.as_tensor(indices)
-        if self.targets is None:
-            return self.images[index], self.labels[index]
-        return self.images[index], self.labels[index], self.targets[index]
+        return self._rows(torch.as_tensor(indices))
+
+    def _rows(self, index: int | Tensor) -> tuple[Tensor, ...]:
+        rows = (self.images[index], self.labels[index])
+        return rows if self.targets is None else (*rows, self.targets[index])
 
 
 class NamedImages(InMemoryImages):
